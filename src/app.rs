@@ -1,0 +1,350 @@
+//! Wires the pieces together and runs the extension's lifecycle:
+//! register → start listener → subscribe → loop on `/event/next`, flushing before each freeze.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::{Config, ConfigIssue, FlushPolicy, TelemetryType};
+use crate::lifecycle::api::ErrorPhase;
+use crate::lifecycle::{ExtensionsApi, NextEvent};
+use crate::pipeline::{FlushReason, Pipeline, Sink};
+use crate::sinks::raw_json::RawJsonSink;
+use crate::telemetry::progress::{self, Progress};
+use crate::telemetry::{listener, subscription};
+
+/// Kept free at the end of the shutdown window: Lambda SIGKILLs at `deadlineMs`.
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
+/// Used when SHUTDOWN carries no usable deadline (internal-extension budget, the smallest).
+const FALLBACK_SHUTDOWN_BUDGET: Duration = Duration::from_millis(500);
+/// Shutdown flush rounds: the first sends everything; later ones pick up stragglers and retry.
+const SHUTDOWN_FLUSH_ROUNDS: usize = 3;
+
+/// Converts an epoch-milliseconds deadline to a monotonic instant, computed now (so a deadline
+/// received after a thaw is measured from the thaw, never from a timer armed before the freeze).
+fn instant_at_epoch_ms(deadline_ms: u64) -> Option<Instant> {
+    if deadline_ms == 0 {
+        return None;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
+}
+
+struct Bridge {
+    config: Config,
+    api: ExtensionsApi,
+    pipeline: Arc<Pipeline>,
+    progress: watch::Receiver<Progress>,
+    /// False when the subscription failed: no runtimeDone will ever come, so never wait for it.
+    telemetry_live: bool,
+    last_flush: Instant,
+    last_request: Option<String>,
+    invocations: u64,
+}
+
+/// Runs the extension until SHUTDOWN; the exit code Lambda sees.
+pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: String) -> ExitCode {
+    let mut api = ExtensionsApi::new(&config.runtime_api);
+    let registration = match api.register(&extension_name).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "registration failed; the extension cannot run");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        name = %extension_name,
+        function = registration.function_name.as_deref().unwrap_or("?"),
+        version = registration.function_version.as_deref().unwrap_or("?"),
+        account_id_known = registration.account_id.is_some(),
+        "registered"
+    );
+
+    for issue in &issues {
+        tracing::error!("configuration: {issue}");
+    }
+    if config.strict && !issues.is_empty() {
+        let message = issues
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Err(e) = api
+            .report_error(ErrorPhase::Init, "InvalidConfiguration", &message)
+            .await
+        {
+            tracing::error!(error = %e, "could not report the init error");
+        }
+        return ExitCode::from(1);
+    }
+
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    match &config.dispatch {
+        Some(dispatch) => match RawJsonSink::new(dispatch) {
+            Ok(sink) => {
+                tracing::info!(
+                    endpoint = %crate::config::redact_url(&dispatch.uri),
+                    min_batch_size = dispatch.min_batch_size,
+                    "raw JSON sink enabled"
+                );
+                sinks.push(Arc::new(sink));
+            }
+            Err(e) => tracing::error!(error = %e, "raw JSON sink disabled"),
+        },
+        None => tracing::info!(
+            "DISPATCH_POST_URI is not set: raw JSON events are discarded after the other sinks took them"
+        ),
+    }
+    let pipeline = Arc::new(Pipeline::new(
+        sinks,
+        config.queue_max_events,
+        config.queue_max_bytes,
+    ));
+
+    let (progress_tx, progress_rx) = progress::channel();
+    let telemetry_live = start_telemetry(&config, &api, pipeline.clone(), progress_tx).await;
+
+    let mut bridge = Bridge {
+        config,
+        api,
+        pipeline,
+        progress: progress_rx,
+        telemetry_live,
+        last_flush: Instant::now(),
+        last_request: None,
+        invocations: 0,
+    };
+    bridge.event_loop().await
+}
+
+/// Binds the listener and subscribes. Failure here degrades the bridge (no telemetry) but never
+/// fails the function's init.
+async fn start_telemetry(
+    config: &Config,
+    api: &ExtensionsApi,
+    pipeline: Arc<Pipeline>,
+    progress_tx: watch::Sender<Progress>,
+) -> bool {
+    let listener = match listener::start(
+        &config.listener_host,
+        config.listener_port,
+        &config.buffering,
+        pipeline,
+        progress_tx,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "telemetry disabled");
+            return false;
+        }
+    };
+    let body = subscription::subscription_body(config, listener.local_addr.port());
+    match api.subscribe_telemetry(body).await {
+        Ok(status) => {
+            tracing::info!(
+                listener = %listener.local_addr,
+                status = status.as_u16(),
+                types = ?config.telemetry_types.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                max_items = config.buffering.max_items,
+                max_bytes = config.buffering.max_bytes,
+                timeout_ms = config.buffering.timeout_ms,
+                flush = %config.flush_policy,
+                "subscribed to the Telemetry API"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "telemetry subscription failed; no telemetry will arrive");
+            false
+        }
+    }
+}
+
+impl Bridge {
+    async fn event_loop(&mut self) -> ExitCode {
+        let mut failures = 0;
+        loop {
+            let event = match self.api.next_event().await {
+                Ok(event) => {
+                    failures = 0;
+                    event
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, attempt = failures, "event/next failed");
+                    if failures >= 3 {
+                        let _ = self
+                            .api
+                            .report_error(ErrorPhase::Exit, "NextFailed", &e.to_string())
+                            .await;
+                        return ExitCode::from(1);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match event {
+                NextEvent::Invoke {
+                    request_id,
+                    deadline_ms,
+                    ..
+                } => self.on_invoke(request_id, deadline_ms).await,
+                NextEvent::Shutdown {
+                    reason,
+                    deadline_ms,
+                } => {
+                    self.on_shutdown(&reason, deadline_ms).await;
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    }
+
+    fn flush_due(&self) -> bool {
+        match self.config.flush_policy {
+            FlushPolicy::End => true,
+            FlushPolicy::Periodic(every) => self.last_flush.elapsed() >= every,
+            FlushPolicy::Shutdown => false,
+        }
+    }
+
+    fn waits_for_runtime_done(&self) -> bool {
+        self.telemetry_live && self.config.subscribes_to(TelemetryType::Platform)
+    }
+
+    /// Holds the invoke until its runtimeDone has arrived (the function runs meanwhile, so this
+    /// costs nothing until the runtime finishes), then flushes what the policy says is due.
+    async fn on_invoke(&mut self, request_id: String, deadline_ms: u64) {
+        self.invocations += 1;
+        self.last_request = Some(request_id.clone());
+        if !self.flush_due() {
+            tracing::debug!(request_id, "invoke: no flush due");
+            return;
+        }
+        let started = Instant::now();
+        if self.waits_for_runtime_done() {
+            // A timed-out invoke's runtimeDone is emitted at the deadline; allow the flush
+            // timeout beyond it for its delivery.
+            let wait_until = instant_at_epoch_ms(deadline_ms)
+                .unwrap_or_else(Instant::now)
+                + self.config.flush_timeout;
+            let arrived = tokio::time::timeout_at(
+                wait_until,
+                self.progress.wait_for(|p| p.runtime_done(&request_id)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !arrived {
+                tracing::warn!(request_id, "runtimeDone did not arrive by the invoke's deadline; flushing what is here");
+            }
+        }
+        let waited = started.elapsed();
+        let flush_deadline = Instant::now() + self.config.flush_timeout;
+        self.flush(FlushReason::Invoke, flush_deadline).await;
+        tracing::debug!(
+            request_id,
+            waited_us = waited.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "invoke done"
+        );
+    }
+
+    async fn flush(&mut self, reason: FlushReason, deadline: Instant) -> bool {
+        let started = Instant::now();
+        let report = self.pipeline.flush(reason, deadline).await;
+        self.last_flush = Instant::now();
+        let mut complete = true;
+        let mut dropped = Vec::new();
+        for sink in &report {
+            if sink.done < sink.offered {
+                complete = false;
+            }
+            if sink.dropped_by_overflow > 0 {
+                dropped.push(format!("{}={}", sink.sink, sink.dropped_by_overflow));
+            }
+            if sink.timed_out {
+                tracing::warn!(
+                    sink = sink.sink,
+                    delivered = sink.done,
+                    pending = sink.offered - sink.done,
+                    "flush deadline reached; the rest stays queued"
+                );
+            }
+            tracing::debug!(
+                sink = sink.sink,
+                offered = sink.offered,
+                done = sink.done,
+                ?reason,
+                "flushed"
+            );
+        }
+        if !dropped.is_empty() {
+            tracing::warn!(
+                dropped = %dropped.join(","),
+                "queue full (BRIDGE_QUEUE_MAX_EVENTS / BRIDGE_QUEUE_MAX_BYTES): oldest events dropped"
+            );
+        }
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "flush finished"
+        );
+        complete
+    }
+
+    /// Drains: waits for the last invocation's report (it arrives after SHUTDOWN), then flushes
+    /// every sink, retrying stragglers, and returns before `deadlineMs` with a margin.
+    async fn on_shutdown(&mut self, reason: &str, deadline_ms: u64) {
+        let received = Instant::now();
+        let hard_deadline = instant_at_epoch_ms(deadline_ms)
+            .unwrap_or_else(|| received + FALLBACK_SHUTDOWN_BUDGET)
+            .checked_sub(SHUTDOWN_MARGIN)
+            .unwrap_or(received)
+            .max(received);
+        tracing::info!(
+            reason,
+            budget_ms = hard_deadline.duration_since(received).as_millis() as u64,
+            invocations = self.invocations,
+            "shutdown"
+        );
+        if let (true, Some(last)) = (self.waits_for_runtime_done(), self.last_request.clone()) {
+            // Keep at least half of the budget for the flush itself.
+            let wait_until = received + hard_deadline.duration_since(received) / 2;
+            let arrived = tokio::time::timeout_at(
+                wait_until,
+                self.progress.wait_for(|p| p.reported(&last)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !arrived {
+                tracing::warn!(
+                    request_id = last,
+                    "the last invocation's platform.report did not arrive in time"
+                );
+            }
+        }
+        for _ in 0..SHUTDOWN_FLUSH_ROUNDS {
+            let posts_before = self.progress.borrow().posts;
+            let complete = self.flush(FlushReason::Shutdown, hard_deadline).await;
+            let posts_after = self.progress.borrow().posts;
+            if (complete && posts_after == posts_before) || Instant::now() >= hard_deadline {
+                break;
+            }
+        }
+        let pending = self.pipeline.pending();
+        if pending > 0 {
+            tracing::warn!(pending, "shutdown: events not delivered before the deadline");
+        }
+        tracing::info!(
+            elapsed_ms = received.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
+    }
+}

@@ -1,0 +1,592 @@
+//! Configuration from the environment, validated once at start.
+//!
+//! A bad value of an optional setting never breaks the function: it becomes a [`ConfigIssue`]
+//! (one ERROR line naming the variable, the value and what is allowed) and that setting falls back
+//! to its default or its feature is disabled. `BRIDGE_STRICT=true` turns issues into an init error.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Telemetry API buffering limits (SPEC: maxItems 1,000–10,000, maxBytes 262,144–1,048,576,
+/// timeoutMs 25–30,000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffering {
+    pub max_items: u32,
+    pub max_bytes: u32,
+    pub timeout_ms: u32,
+}
+
+impl Default for Buffering {
+    /// The shortest timeout: Lambda holds an invocation's last events for up to `timeoutMs`, and
+    /// under the `end` policy the bridge waits for them before the freeze, so this is billed time.
+    fn default() -> Self {
+        Buffering {
+            max_items: 1_000,
+            max_bytes: 262_144,
+            timeout_ms: 25,
+        }
+    }
+}
+
+/// When the pipeline flushes on an invoke. Shutdown always flushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// After every invocation's `platform.runtimeDone`, before the freeze.
+    End,
+    /// On an invoke only when the last flush is older than this.
+    Periodic(Duration),
+    /// Only at shutdown.
+    Shutdown,
+}
+
+impl fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushPolicy::End => f.write_str("end"),
+            FlushPolicy::Periodic(d) => write!(f, "periodic:{}", d.as_millis()),
+            FlushPolicy::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// The raw JSON sink's settings (the seed's `DISPATCH_*` variables).
+#[derive(Clone)]
+pub struct DispatchConfig {
+    pub uri: reqwest::Url,
+    pub min_batch_size: usize,
+    /// `BRIDGE_DISPATCH_HEADERS`: secrets, never logged (no Debug impl prints them).
+    pub headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for DispatchConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DispatchConfig")
+            .field("uri", &redact_url(&self.uri))
+            .field("min_batch_size", &self.min_batch_size)
+            .field("headers", &format_args!("[{} redacted]", self.headers.len()))
+            .finish()
+    }
+}
+
+/// A URL as it may appear in logs: scheme, host, port and path; no credentials, no query.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    shown
+}
+
+/// Which Telemetry API streams to subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TelemetryType {
+    Platform,
+    Function,
+    Extension,
+}
+
+impl TelemetryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TelemetryType::Platform => "platform",
+            TelemetryType::Function => "function",
+            TelemetryType::Extension => "extension",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `AWS_LAMBDA_RUNTIME_API`: host:port of the Extensions and Telemetry APIs.
+    pub runtime_api: String,
+    pub telemetry_types: Vec<TelemetryType>,
+    pub buffering: Buffering,
+    /// Host the listener binds to.
+    pub listener_host: String,
+    /// Host written into the subscription's destination URI.
+    pub destination_host: String,
+    /// 0 = an ephemeral port.
+    pub listener_port: u16,
+    pub dispatch: Option<DispatchConfig>,
+    pub flush_policy: FlushPolicy,
+    pub flush_timeout: Duration,
+    pub queue_max_events: usize,
+    pub queue_max_bytes: usize,
+    pub strict: bool,
+    pub log_filter: String,
+}
+
+/// One rejected setting: what was wrong and what the bridge does instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub variable: &'static str,
+    /// The offending value, or `<redacted>` for secrets.
+    pub value: String,
+    pub allowed: String,
+    pub consequence: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}; {}",
+            self.variable, self.value, self.allowed, self.consequence
+        )
+    }
+}
+
+/// A configuration that cannot run at all (not a Lambda environment).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("AWS_LAMBDA_RUNTIME_API is not set: the bridge must run as a Lambda extension (or under lambda-sim)")]
+    MissingRuntimeApi,
+}
+
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Sized for a 128 MB function: 8 MiB of queued telemetry at most.
+pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 10_000;
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 8 * 1024 * 1024;
+const SANDBOX_HOST: &str = "sandbox.localdomain";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<(Config, Vec<ConfigIssue>), ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<ConfigIssue>), ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let runtime_api = get("AWS_LAMBDA_RUNTIME_API").ok_or(ConfigError::MissingRuntimeApi)?;
+        let mut issues = Vec::new();
+
+        let telemetry_types = match get("BRIDGE_TELEMETRY_TYPES") {
+            None => vec![
+                TelemetryType::Platform,
+                TelemetryType::Function,
+                TelemetryType::Extension,
+            ],
+            Some(raw) => parse_types(&raw).unwrap_or_else(|| {
+                issues.push(ConfigIssue {
+                    variable: "BRIDGE_TELEMETRY_TYPES",
+                    value: raw,
+                    allowed: "a comma-separated subset of platform,function,extension".into(),
+                    consequence: "subscribing to platform,function,extension".into(),
+                });
+                vec![
+                    TelemetryType::Platform,
+                    TelemetryType::Function,
+                    TelemetryType::Extension,
+                ]
+            }),
+        };
+
+        let defaults = Buffering::default();
+        let buffering = Buffering {
+            max_items: ranged(
+                &get,
+                &mut issues,
+                "BRIDGE_BUFFER_MAX_ITEMS",
+                1_000,
+                10_000,
+                defaults.max_items,
+            ),
+            max_bytes: ranged(
+                &get,
+                &mut issues,
+                "BRIDGE_BUFFER_MAX_BYTES",
+                262_144,
+                1_048_576,
+                defaults.max_bytes,
+            ),
+            timeout_ms: ranged(
+                &get,
+                &mut issues,
+                "BRIDGE_BUFFER_TIMEOUT_MS",
+                25,
+                30_000,
+                defaults.timeout_ms,
+            ),
+        };
+
+        let sam_local = get("AWS_SAM_LOCAL").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let (listener_host, destination_host) = match get("BRIDGE_LISTENER_ADDR") {
+            Some(host) => {
+                let destination = if host == "0.0.0.0" || host == "::" {
+                    SANDBOX_HOST.to_string()
+                } else {
+                    host.clone()
+                };
+                (host, destination)
+            }
+            None if sam_local => ("0.0.0.0".to_string(), SANDBOX_HOST.to_string()),
+            None => (SANDBOX_HOST.to_string(), SANDBOX_HOST.to_string()),
+        };
+        let listener_port = match get("BRIDGE_LISTENER_PORT") {
+            None => 0,
+            Some(raw) => match raw.trim().parse::<u16>() {
+                Ok(port) if port != 9001 => port,
+                _ => {
+                    issues.push(ConfigIssue {
+                        variable: "BRIDGE_LISTENER_PORT",
+                        value: raw,
+                        allowed: "a TCP port 0-65535 other than 9001 (reserved by Lambda)".into(),
+                        consequence: "listening on an ephemeral port".into(),
+                    });
+                    0
+                }
+            },
+        };
+
+        let dispatch = parse_dispatch(&get, &mut issues);
+
+        let flush_policy = match get("BRIDGE_FLUSH") {
+            None => FlushPolicy::End,
+            Some(raw) => parse_flush_policy(&raw).unwrap_or_else(|| {
+                issues.push(ConfigIssue {
+                    variable: "BRIDGE_FLUSH",
+                    value: raw,
+                    allowed: "end, periodic:<ms> (ms ≥ 1) or shutdown".into(),
+                    consequence: "using end".into(),
+                });
+                FlushPolicy::End
+            }),
+        };
+        let flush_timeout = Duration::from_millis(u64::from(ranged(
+            &get,
+            &mut issues,
+            "BRIDGE_FLUSH_TIMEOUT_MS",
+            1,
+            60_000,
+            DEFAULT_FLUSH_TIMEOUT.as_millis() as u32,
+        )));
+        let queue_max_events = ranged(
+            &get,
+            &mut issues,
+            "BRIDGE_QUEUE_MAX_EVENTS",
+            1,
+            10_000_000,
+            DEFAULT_QUEUE_MAX_EVENTS as u32,
+        ) as usize;
+        let queue_max_bytes = ranged(
+            &get,
+            &mut issues,
+            "BRIDGE_QUEUE_MAX_BYTES",
+            65_536,
+            u32::MAX,
+            DEFAULT_QUEUE_MAX_BYTES as u32,
+        ) as usize;
+
+        let strict = match get("BRIDGE_STRICT") {
+            None => false,
+            Some(raw) => match parse_bool(&raw) {
+                Some(b) => b,
+                None => {
+                    issues.push(ConfigIssue {
+                        variable: "BRIDGE_STRICT",
+                        value: raw,
+                        allowed: "true or false".into(),
+                        consequence: "not strict".into(),
+                    });
+                    false
+                }
+            },
+        };
+        let log_filter = get("BRIDGE_LOG").unwrap_or_else(|| "info".to_string());
+
+        Ok((
+            Config {
+                runtime_api,
+                telemetry_types,
+                buffering,
+                listener_host,
+                destination_host,
+                listener_port,
+                dispatch,
+                flush_policy,
+                flush_timeout,
+                queue_max_events,
+                queue_max_bytes,
+                strict,
+                log_filter,
+            },
+            issues,
+        ))
+    }
+
+    pub fn subscribes_to(&self, kind: TelemetryType) -> bool {
+        self.telemetry_types.contains(&kind)
+    }
+}
+
+fn parse_types(raw: &str) -> Option<Vec<TelemetryType>> {
+    let mut types = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let kind = match part.to_ascii_lowercase().as_str() {
+            "platform" => TelemetryType::Platform,
+            "function" => TelemetryType::Function,
+            "extension" => TelemetryType::Extension,
+            _ => return None,
+        };
+        if !types.contains(&kind) {
+            types.push(kind);
+        }
+    }
+    (!types.is_empty()).then_some(types)
+}
+
+fn parse_flush_policy(raw: &str) -> Option<FlushPolicy> {
+    let raw = raw.trim();
+    match raw.to_ascii_lowercase().as_str() {
+        "end" => Some(FlushPolicy::End),
+        "shutdown" => Some(FlushPolicy::Shutdown),
+        other => {
+            let ms: u64 = other.strip_prefix("periodic:")?.trim().parse().ok()?;
+            (ms >= 1).then(|| FlushPolicy::Periodic(Duration::from_millis(ms)))
+        }
+    }
+}
+
+pub(crate) fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn ranged(
+    get: &impl Fn(&str) -> Option<String>,
+    issues: &mut Vec<ConfigIssue>,
+    variable: &'static str,
+    min: u32,
+    max: u32,
+    default: u32,
+) -> u32 {
+    let Some(raw) = get(variable) else {
+        return default;
+    };
+    match raw.trim().parse::<u32>() {
+        Ok(v) if (min..=max).contains(&v) => v,
+        _ => {
+            issues.push(ConfigIssue {
+                variable,
+                value: raw,
+                allowed: format!("an integer from {min} to {max}"),
+                consequence: format!("using the default {default}"),
+            });
+            default
+        }
+    }
+}
+
+fn parse_dispatch(
+    get: &impl Fn(&str) -> Option<String>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<DispatchConfig> {
+    let raw_uri = get("DISPATCH_POST_URI")?;
+    let uri = match reqwest::Url::parse(raw_uri.trim()) {
+        Ok(uri) if matches!(uri.scheme(), "http" | "https") && uri.host_str().is_some() => uri,
+        _ => {
+            issues.push(ConfigIssue {
+                variable: "DISPATCH_POST_URI",
+                value: raw_uri,
+                allowed: "an absolute http:// or https:// URL".into(),
+                consequence: "the raw JSON sink is disabled".into(),
+            });
+            return None;
+        }
+    };
+    let min_batch_size = match get("DISPATCH_MIN_BATCH_SIZE") {
+        None => 0,
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                issues.push(ConfigIssue {
+                    variable: "DISPATCH_MIN_BATCH_SIZE",
+                    value: raw,
+                    allowed: "a non-negative integer".into(),
+                    consequence: "using 0 (dispatch at every flush)".into(),
+                });
+                0
+            }
+        },
+    };
+    let headers = match get("BRIDGE_DISPATCH_HEADERS") {
+        None => Vec::new(),
+        Some(raw) => match parse_headers(&raw) {
+            Some(h) => h,
+            None => {
+                issues.push(ConfigIssue {
+                    variable: "BRIDGE_DISPATCH_HEADERS",
+                    value: "<redacted>".into(),
+                    allowed: "comma-separated key=value pairs (values may be percent-encoded)".into(),
+                    consequence: "the raw JSON sink is disabled (its endpoint would reject us)"
+                        .into(),
+                });
+                return None;
+            }
+        },
+    };
+    Some(DispatchConfig {
+        uri,
+        min_batch_size,
+        headers,
+    })
+}
+
+/// Parses the W3C-baggage-like `key=value,key2=value2` list that `OTEL_EXPORTER_OTLP_HEADERS` uses.
+pub fn parse_headers(raw: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=')?;
+        let key = key.trim();
+        let value = percent_decode(value.trim())?;
+        let valid_name = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let valid_value = value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if !valid_name || !valid_value {
+            return None;
+        }
+        out.push((key.to_string(), value));
+    }
+    Some(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> (Config, Vec<ConfigIssue>) {
+        let mut map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.entry("AWS_LAMBDA_RUNTIME_API".into())
+            .or_insert_with(|| "127.0.0.1:9001".into());
+        Config::from_lookup(|k| map.get(k).cloned()).expect("runtime api set")
+    }
+
+    #[test]
+    fn defaults_are_valid_and_quick() {
+        let (cfg, issues) = load(&[]);
+        assert!(issues.is_empty());
+        assert_eq!(cfg.buffering.timeout_ms, 25);
+        assert_eq!(cfg.flush_policy, FlushPolicy::End);
+        assert_eq!(cfg.listener_host, "sandbox.localdomain");
+        assert_eq!(cfg.listener_port, 0);
+        assert!(cfg.dispatch.is_none());
+        assert_eq!(cfg.telemetry_types.len(), 3);
+    }
+
+    #[test]
+    fn out_of_range_buffering_falls_back_with_an_issue() {
+        let (cfg, issues) = load(&[
+            ("BRIDGE_BUFFER_TIMEOUT_MS", "5"),
+            ("BRIDGE_BUFFER_MAX_ITEMS", "lots"),
+        ]);
+        assert_eq!(cfg.buffering, Buffering::default());
+        assert_eq!(issues.len(), 2);
+        let text = issues[0].to_string();
+        assert!(text.contains("BRIDGE_BUFFER_MAX_ITEMS") || text.contains("BRIDGE_BUFFER_TIMEOUT_MS"));
+        assert!(issues
+            .iter()
+            .any(|i| i.variable == "BRIDGE_BUFFER_TIMEOUT_MS" && i.allowed.contains("25 to 30000")));
+    }
+
+    #[test]
+    fn flush_policies_parse() {
+        assert_eq!(parse_flush_policy("end"), Some(FlushPolicy::End));
+        assert_eq!(parse_flush_policy("SHUTDOWN"), Some(FlushPolicy::Shutdown));
+        assert_eq!(
+            parse_flush_policy("periodic:250"),
+            Some(FlushPolicy::Periodic(Duration::from_millis(250)))
+        );
+        assert_eq!(parse_flush_policy("periodic:0"), None);
+        assert_eq!(parse_flush_policy("periodic"), None);
+        assert_eq!(parse_flush_policy("sometimes"), None);
+    }
+
+    #[test]
+    fn bad_dispatch_uri_disables_the_raw_sink() {
+        let (cfg, issues) = load(&[("DISPATCH_POST_URI", "not a url")]);
+        assert!(cfg.dispatch.is_none());
+        assert_eq!(issues[0].variable, "DISPATCH_POST_URI");
+        assert!(issues[0].consequence.contains("disabled"));
+    }
+
+    #[test]
+    fn dispatch_headers_are_parsed_and_never_shown() {
+        let (cfg, issues) = load(&[
+            ("DISPATCH_POST_URI", "https://user:pw@example.com/ingest?key=s3cret"),
+            ("BRIDGE_DISPATCH_HEADERS", "x-api-key=top%20secret,other=1"),
+        ]);
+        assert!(issues.is_empty());
+        let dispatch = cfg.dispatch.expect("dispatch configured");
+        assert_eq!(
+            dispatch.headers,
+            vec![
+                ("x-api-key".to_string(), "top secret".to_string()),
+                ("other".to_string(), "1".to_string())
+            ]
+        );
+        let shown = format!("{dispatch:?}");
+        assert!(!shown.contains("top secret") && !shown.contains("s3cret") && !shown.contains("pw"));
+        let (_, issues) = load(&[
+            ("DISPATCH_POST_URI", "http://x/"),
+            ("BRIDGE_DISPATCH_HEADERS", "novalue-secret"),
+        ]);
+        assert_eq!(issues[0].value, "<redacted>");
+    }
+
+    #[test]
+    fn sam_local_listens_everywhere_but_subscribes_to_the_sandbox_name() {
+        let (cfg, _) = load(&[("AWS_SAM_LOCAL", "true")]);
+        assert_eq!(cfg.listener_host, "0.0.0.0");
+        assert_eq!(cfg.destination_host, "sandbox.localdomain");
+        let (cfg, _) = load(&[("BRIDGE_LISTENER_ADDR", "127.0.0.1")]);
+        assert_eq!(cfg.destination_host, "127.0.0.1");
+    }
+
+    #[test]
+    fn types_and_port_are_validated() {
+        let (cfg, issues) = load(&[
+            ("BRIDGE_TELEMETRY_TYPES", "platform, function"),
+            ("BRIDGE_LISTENER_PORT", "9001"),
+        ]);
+        assert_eq!(
+            cfg.telemetry_types,
+            vec![TelemetryType::Platform, TelemetryType::Function]
+        );
+        assert_eq!(cfg.listener_port, 0);
+        assert_eq!(issues.len(), 1);
+        let (_, issues) = load(&[("BRIDGE_TELEMETRY_TYPES", "platform,metrics")]);
+        assert_eq!(issues[0].variable, "BRIDGE_TELEMETRY_TYPES");
+    }
+}

@@ -1,0 +1,5 @@
+//! The Extensions API side: registration, the `/event/next` loop's events, error reports.
+
+pub mod api;
+
+pub use api::{ExtensionsApi, LifecycleError, NextEvent, Registration};

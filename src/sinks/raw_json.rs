@@ -1,0 +1,174 @@
+//! The raw JSON sink: POSTs events to `DISPATCH_POST_URI` as a JSON array, each event's bytes
+//! exactly as Lambda sent them, in arrival order, each once across all POSTs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use reqwest::header::HeaderMap;
+
+use crate::config::{redact_url, DispatchConfig};
+use crate::event::Event;
+use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
+use crate::sinks::http::{header_map, post_with_retry, HttpError, LazyClient, PostError};
+
+/// Upper bound of one POST body; larger backlogs go in several POSTs.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct RawJsonSink {
+    url: reqwest::Url,
+    shown_url: String,
+    headers: HeaderMap,
+    min_batch_size: usize,
+    client: LazyClient,
+    stats: RawJsonStats,
+}
+
+#[derive(Debug, Default)]
+pub struct RawJsonStats {
+    pub posts: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub events_rejected: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl RawJsonSink {
+    pub fn new(config: &DispatchConfig) -> Result<RawJsonSink, HttpError> {
+        Ok(RawJsonSink {
+            url: config.uri.clone(),
+            shown_url: redact_url(&config.uri),
+            headers: header_map(&config.headers, "BRIDGE_DISPATCH_HEADERS")?,
+            min_batch_size: config.min_batch_size,
+            client: LazyClient::new(),
+            stats: RawJsonStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &RawJsonStats {
+        &self.stats
+    }
+
+    async fn deliver(&self, events: &[Event], ctx: FlushContext<'_>) {
+        // The seed's rule: on an invoke, dispatch only when more than the minimum are waiting.
+        if ctx.reason == FlushReason::Invoke && events.len() <= self.min_batch_size {
+            tracing::debug!(
+                waiting = events.len(),
+                min = self.min_batch_size,
+                "raw JSON: batch below DISPATCH_MIN_BATCH_SIZE, kept for later"
+            );
+            return;
+        }
+        let client = match self.client.get() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "raw JSON: no HTTP client; events stay queued");
+                return;
+            }
+        };
+        let mut done = 0;
+        while done < events.len() {
+            let (body, count) = encode_array(&events[done..]);
+            let size = body.len();
+            match post_with_retry(
+                client,
+                &self.url,
+                &self.headers,
+                "application/json",
+                body,
+                ctx.deadline,
+            )
+            .await
+            {
+                Ok(attempts) => {
+                    self.stats.posts.fetch_add(1, Ordering::Relaxed);
+                    self.stats.events_sent.fetch_add(count as u64, Ordering::Relaxed);
+                    self.stats.bytes_sent.fetch_add(size as u64, Ordering::Relaxed);
+                    tracing::debug!(events = count, bytes = size, attempts, "raw JSON: batch delivered");
+                }
+                Err(PostError::Rejected(status)) => {
+                    self.stats.events_rejected.fetch_add(count as u64, Ordering::Relaxed);
+                    tracing::error!(
+                        status = status.as_u16(),
+                        endpoint = %self.shown_url,
+                        events = count,
+                        "raw JSON: endpoint rejected the batch; dropped (not retried)"
+                    );
+                }
+                Err(e @ PostError::GaveUp { .. }) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        endpoint = %self.shown_url,
+                        events = events.len() - done,
+                        error = %e,
+                        "raw JSON: delivery failed; events stay queued for the next flush"
+                    );
+                    return;
+                }
+            }
+            done += count;
+            ctx.mark_done(done);
+        }
+    }
+}
+
+impl Sink for RawJsonSink {
+    fn name(&self) -> &'static str {
+        "raw_json"
+    }
+
+    fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(self.deliver(events, ctx))
+    }
+}
+
+/// `[` + events joined by `,` + `]`, stopping before [`MAX_BODY_BYTES`] (at least one event).
+pub fn encode_array(events: &[Event]) -> (Bytes, usize) {
+    let mut size = 2;
+    let mut count = 0;
+    for event in events {
+        let next = size + event.size() + usize::from(count > 0);
+        if count > 0 && next > MAX_BODY_BYTES {
+            break;
+        }
+        size = next;
+        count += 1;
+    }
+    let mut body = BytesMut::with_capacity(size);
+    body.put_u8(b'[');
+    for (i, event) in events[..count].iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(event.raw());
+    }
+    body.put_u8(b']');
+    (body.freeze(), count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    #[test]
+    fn array_is_the_events_joined() {
+        let events = vec![
+            Event::new(Bytes::from_static(b"{\"a\":1}"), EventKind::Unknown),
+            Event::new(Bytes::from_static(b" \"x\" "), EventKind::Unknown),
+        ];
+        let (body, n) = encode_array(&events);
+        assert_eq!(n, 2);
+        assert_eq!(&body[..], b"[{\"a\":1}, \"x\" ]");
+    }
+
+    #[test]
+    fn big_backlogs_are_split() {
+        let big = Bytes::from(vec![b'1'; MAX_BODY_BYTES / 2]);
+        let events: Vec<Event> = (0..3)
+            .map(|_| Event::new(big.clone(), EventKind::Unknown))
+            .collect();
+        let (body, n) = encode_array(&events);
+        assert_eq!(n, 1);
+        assert!(body.len() <= MAX_BODY_BYTES);
+    }
+}

@@ -1,0 +1,27 @@
+//! The Telemetry API subscription request body.
+
+use serde_json::json;
+
+use crate::config::Config;
+
+pub const SCHEMA_VERSION: &str = "2022-12-13";
+
+/// The `PUT /telemetry` body for a listener on `port`.
+pub fn subscription_body(config: &Config, port: u16) -> Vec<u8> {
+    let types: Vec<&str> = config.telemetry_types.iter().map(|t| t.as_str()).collect();
+    json!({
+        "schemaVersion": SCHEMA_VERSION,
+        "types": types,
+        "buffering": {
+            "maxItems": config.buffering.max_items,
+            "maxBytes": config.buffering.max_bytes,
+            "timeoutMs": config.buffering.timeout_ms,
+        },
+        "destination": {
+            "protocol": "HTTP",
+            "URI": format!("http://{}:{}/", config.destination_host, port),
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
