@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{Config, ConfigIssue, FlushPolicy, TelemetryType};
+use crate::config::{redact_url, Config, ConfigIssue, FlushPolicy, TelemetryType};
 use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
-use crate::pipeline::{FlushReason, Pipeline, Sink};
+use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
+use crate::sinks::otlp::{FunctionIdentity, OtlpSink};
 use crate::sinks::raw_json::RawJsonSink;
 use crate::telemetry::progress::{self, Progress};
 use crate::telemetry::{listener, subscription};
@@ -89,7 +90,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         Some(dispatch) => match RawJsonSink::new(dispatch) {
             Ok(sink) => {
                 tracing::info!(
-                    endpoint = %crate::config::redact_url(&dispatch.uri),
+                    endpoint = %redact_url(&dispatch.uri),
                     min_batch_size = dispatch.min_batch_size,
                     "raw JSON sink enabled"
                 );
@@ -99,6 +100,21 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         },
         None => tracing::info!(
             "DISPATCH_POST_URI is not set: raw JSON events are discarded after the other sinks took them"
+        ),
+    }
+    match &config.otlp {
+        Some(otlp) => {
+            let identity = FunctionIdentity::from_env(&registration);
+            tracing::info!(
+                traces = otlp.traces.as_ref().map(|s| redact_url(&s.endpoint)).unwrap_or_else(|| "off".into()),
+                metrics = otlp.metrics.as_ref().map(|s| redact_url(&s.endpoint)).unwrap_or_else(|| "off".into()),
+                logs = otlp.logs.as_ref().map(|s| redact_url(&s.endpoint)).unwrap_or_else(|| "off".into()),
+                "OTLP sink enabled"
+            );
+            sinks.push(Arc::new(OtlpSink::new(otlp.clone(), &identity, config.pricing)));
+        }
+        None => tracing::info!(
+            "no OTEL_EXPORTER_OTLP_*ENDPOINT set (or OTEL_SDK_DISABLED=true): OTLP output is off"
         ),
     }
     let pipeline = Arc::new(Pipeline::new(
@@ -195,8 +211,16 @@ impl Bridge {
                 NextEvent::Invoke {
                     request_id,
                     deadline_ms,
-                    ..
-                } => self.on_invoke(request_id, deadline_ms).await,
+                    invoked_function_arn,
+                    tracing,
+                } => {
+                    self.pipeline.note_invoke(&InvokeInfo {
+                        request_id: request_id.clone(),
+                        invoked_function_arn,
+                        tracing,
+                    });
+                    self.on_invoke(request_id, deadline_ms).await
+                }
                 NextEvent::Shutdown {
                     reason,
                     deadline_ms,

@@ -117,12 +117,84 @@ pub struct Config {
     pub queue_max_bytes: usize,
     pub strict: bool,
     pub log_filter: String,
+    /// `None` when no OTLP endpoint is configured or `OTEL_SDK_DISABLED=true`.
+    pub otlp: Option<OtlpConfig>,
+    pub pricing: Pricing,
+}
+
+/// OTLP wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    HttpJson,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporality {
+    Cumulative,
+    Delta,
+}
+
+/// One signal's exporter settings, resolved from the standard `OTEL_EXPORTER_OTLP_*` variables
+/// (the per-signal variable wins over the general one).
+#[derive(Clone)]
+pub struct SignalConfig {
+    pub endpoint: reqwest::Url,
+    pub protocol: OtlpProtocol,
+    /// Secrets: never logged.
+    pub headers: Vec<(String, String)>,
+    pub gzip: bool,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for SignalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalConfig")
+            .field("endpoint", &redact_url(&self.endpoint))
+            .field("protocol", &self.protocol)
+            .field("headers", &format_args!("[{} redacted]", self.headers.len()))
+            .field("gzip", &self.gzip)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    pub traces: Option<SignalConfig>,
+    pub metrics: Option<SignalConfig>,
+    pub logs: Option<SignalConfig>,
+    pub temporality: Temporality,
+    pub service_name: Option<String>,
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+/// Prices for the estimated-cost metric, in USD.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pricing {
+    pub per_gb_second: f64,
+    pub per_request: f64,
+}
+
+impl Pricing {
+    /// Lambda's public on-demand prices (us-east-1): arm64 is 20% cheaper per GB-second.
+    pub fn for_arch(arch: &str) -> Pricing {
+        let per_gb_second = if arch == "aarch64" || arch == "arm64" {
+            0.000_013_333_4
+        } else {
+            0.000_016_666_7
+        };
+        Pricing {
+            per_gb_second,
+            per_request: 0.000_000_2,
+        }
+    }
 }
 
 /// One rejected setting: what was wrong and what the bridge does instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
-    pub variable: &'static str,
+    pub variable: String,
     /// The offending value, or `<redacted>` for secrets.
     pub value: String,
     pub allowed: String,
@@ -174,7 +246,7 @@ impl Config {
             ],
             Some(raw) => parse_types(&raw).unwrap_or_else(|| {
                 issues.push(ConfigIssue {
-                    variable: "BRIDGE_TELEMETRY_TYPES",
+                    variable: "BRIDGE_TELEMETRY_TYPES".into(),
                     value: raw,
                     allowed: "a comma-separated subset of platform,function,extension".into(),
                     consequence: "subscribing to platform,function,extension".into(),
@@ -234,7 +306,7 @@ impl Config {
                 Ok(port) if port != 9001 => port,
                 _ => {
                     issues.push(ConfigIssue {
-                        variable: "BRIDGE_LISTENER_PORT",
+                        variable: "BRIDGE_LISTENER_PORT".into(),
                         value: raw,
                         allowed: "a TCP port 0-65535 other than 9001 (reserved by Lambda)".into(),
                         consequence: "listening on an ephemeral port".into(),
@@ -250,7 +322,7 @@ impl Config {
             None => FlushPolicy::End,
             Some(raw) => parse_flush_policy(&raw).unwrap_or_else(|| {
                 issues.push(ConfigIssue {
-                    variable: "BRIDGE_FLUSH",
+                    variable: "BRIDGE_FLUSH".into(),
                     value: raw,
                     allowed: "end, periodic:<ms> (ms ≥ 1) or shutdown".into(),
                     consequence: "using end".into(),
@@ -289,7 +361,7 @@ impl Config {
                 Some(b) => b,
                 None => {
                     issues.push(ConfigIssue {
-                        variable: "BRIDGE_STRICT",
+                        variable: "BRIDGE_STRICT".into(),
                         value: raw,
                         allowed: "true or false".into(),
                         consequence: "not strict".into(),
@@ -299,6 +371,14 @@ impl Config {
             },
         };
         let log_filter = get("BRIDGE_LOG").unwrap_or_else(|| "info".to_string());
+        let otlp = parse_otlp(&get, &mut issues);
+        let mut pricing = Pricing::for_arch(
+            get("BRIDGE_ARCHITECTURE")
+                .as_deref()
+                .unwrap_or(std::env::consts::ARCH),
+        );
+        pricing.per_gb_second = price(&get, &mut issues, "BRIDGE_PRICE_GB_SECOND", pricing.per_gb_second);
+        pricing.per_request = price(&get, &mut issues, "BRIDGE_PRICE_REQUEST", pricing.per_request);
 
         Ok((
             Config {
@@ -315,6 +395,8 @@ impl Config {
                 queue_max_bytes,
                 strict,
                 log_filter,
+                otlp,
+                pricing,
             },
             issues,
         ))
@@ -323,6 +405,215 @@ impl Config {
     pub fn subscribes_to(&self, kind: TelemetryType) -> bool {
         self.telemetry_types.contains(&kind)
     }
+}
+
+fn price(
+    get: &impl Fn(&str) -> Option<String>,
+    issues: &mut Vec<ConfigIssue>,
+    variable: &'static str,
+    default: f64,
+) -> f64 {
+    let Some(raw) = get(variable) else {
+        return default;
+    };
+    match raw.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => v,
+        _ => {
+            issues.push(ConfigIssue {
+                variable: variable.into(),
+                value: raw,
+                allowed: "a non-negative decimal number (USD)".into(),
+                consequence: format!("using the default {default}"),
+            });
+            default
+        }
+    }
+}
+
+/// Reads the standard OpenTelemetry exporter variables. OTLP output is on when an endpoint is
+/// configured (inside Lambda there is no collector at localhost unless a user runs one).
+fn parse_otlp(
+    get: &impl Fn(&str) -> Option<String>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<OtlpConfig> {
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| parse_bool(&v) == Some(true)) {
+        return None;
+    }
+    let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let temporality = match get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
+        None => Temporality::Cumulative,
+        Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+            "cumulative" => Temporality::Cumulative,
+            "delta" | "lowmemory" => Temporality::Delta,
+            _ => {
+                issues.push(ConfigIssue {
+                    variable: "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE".into(),
+                    value: raw,
+                    allowed: "cumulative, delta or lowmemory".into(),
+                    consequence: "using cumulative".into(),
+                });
+                Temporality::Cumulative
+            }
+        },
+    };
+    let traces = signal(get, issues, base.as_deref(), "TRACES", "traces");
+    let metrics = signal(get, issues, base.as_deref(), "METRICS", "metrics");
+    let logs = signal(get, issues, base.as_deref(), "LOGS", "logs");
+    if traces.is_none() && metrics.is_none() && logs.is_none() {
+        return None;
+    }
+    let resource_attributes = match get("OTEL_RESOURCE_ATTRIBUTES") {
+        None => Vec::new(),
+        Some(raw) => parse_headers(&raw).unwrap_or_else(|| {
+            issues.push(ConfigIssue {
+                variable: "OTEL_RESOURCE_ATTRIBUTES".into(),
+                value: raw,
+                allowed: "comma-separated key=value pairs (values percent-encoded)".into(),
+                consequence: "ignoring them".into(),
+            });
+            Vec::new()
+        }),
+    };
+    Some(OtlpConfig {
+        traces,
+        metrics,
+        logs,
+        temporality,
+        service_name: get("OTEL_SERVICE_NAME"),
+        resource_attributes,
+    })
+}
+
+/// Resolves one signal's settings; `None` when the signal is off or has no endpoint.
+fn signal(
+    get: &impl Fn(&str) -> Option<String>,
+    issues: &mut Vec<ConfigIssue>,
+    base: Option<&str>,
+    upper: &'static str,
+    path: &str,
+) -> Option<SignalConfig> {
+    let var = |suffix: &str| format!("OTEL_EXPORTER_OTLP_{upper}_{suffix}");
+    let exporter_var = format!("OTEL_{upper}_EXPORTER");
+    match get(&exporter_var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => {}
+        Some(v) if v == "otlp" => {}
+        Some(v) if v == "none" => return None,
+        Some(v) => {
+            issues.push(ConfigIssue {
+                variable: exporter_var,
+                value: v,
+                allowed: "otlp or none".into(),
+                consequence: "using otlp".into(),
+            });
+        }
+    }
+    let (endpoint_var, raw_endpoint) = match get(&var("ENDPOINT")) {
+        Some(e) => (var("ENDPOINT"), e.trim().to_string()),
+        None => {
+            let base = base?.trim().trim_end_matches('/');
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), format!("{base}/v1/{path}"))
+        }
+    };
+    let endpoint = match reqwest::Url::parse(&raw_endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+        _ => {
+            issues.push(ConfigIssue {
+                variable: endpoint_var,
+                value: raw_endpoint,
+                allowed: "an absolute http:// or https:// URL".into(),
+                consequence: format!("OTLP {path} are disabled"),
+            });
+            return None;
+        }
+    };
+    let pick = |suffix: &str| -> Option<(String, String)> {
+        match get(&var(suffix)) {
+            Some(v) => Some((var(suffix), v)),
+            None => get(&format!("OTEL_EXPORTER_OTLP_{suffix}"))
+                .map(|v| (format!("OTEL_EXPORTER_OTLP_{suffix}"), v)),
+        }
+    };
+    let protocol = match pick("PROTOCOL") {
+        None => OtlpProtocol::HttpProtobuf,
+        Some((name, raw)) => match raw.trim() {
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            "http/json" => OtlpProtocol::HttpJson,
+            _ => {
+                issues.push(ConfigIssue {
+                    variable: name,
+                    value: raw,
+                    allowed: "http/protobuf or http/json (grpc is not built into this binary)"
+                        .into(),
+                    consequence: format!("OTLP {path} are disabled"),
+                });
+                return None;
+            }
+        },
+    };
+    let mut headers = Vec::new();
+    for suffix_var in [
+        "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
+        var("HEADERS"),
+    ] {
+        if let Some(raw) = get(&suffix_var) {
+            match parse_headers(&raw) {
+                Some(pairs) => {
+                    for (k, v) in pairs {
+                        headers.retain(|(hk, _): &(String, String)| !hk.eq_ignore_ascii_case(&k));
+                        headers.push((k, v));
+                    }
+                }
+                None => {
+                    issues.push(ConfigIssue {
+                        variable: suffix_var,
+                        value: "<redacted>".into(),
+                        allowed: "comma-separated key=value pairs (values may be percent-encoded)"
+                            .into(),
+                        consequence: format!("OTLP {path} are disabled (the collector would reject us)"),
+                    });
+                    return None;
+                }
+            }
+        }
+    }
+    let gzip = match pick("COMPRESSION") {
+        None => false,
+        Some((name, raw)) => match raw.trim().to_ascii_lowercase().as_str() {
+            "gzip" => true,
+            "none" | "" => false,
+            _ => {
+                issues.push(ConfigIssue {
+                    variable: name,
+                    value: raw,
+                    allowed: "gzip or none".into(),
+                    consequence: "sending uncompressed".into(),
+                });
+                false
+            }
+        },
+    };
+    let timeout = match pick("TIMEOUT") {
+        None => Duration::from_secs(10),
+        Some((name, raw)) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                issues.push(ConfigIssue {
+                    variable: name,
+                    value: raw,
+                    allowed: "a positive number of milliseconds".into(),
+                    consequence: "using 10000".into(),
+                });
+                Duration::from_secs(10)
+            }
+        },
+    };
+    Some(SignalConfig {
+        endpoint,
+        protocol,
+        headers,
+        gzip,
+        timeout,
+    })
 }
 
 fn parse_types(raw: &str) -> Option<Vec<TelemetryType>> {
@@ -376,7 +667,7 @@ fn ranged(
         Ok(v) if (min..=max).contains(&v) => v,
         _ => {
             issues.push(ConfigIssue {
-                variable,
+                variable: variable.into(),
                 value: raw,
                 allowed: format!("an integer from {min} to {max}"),
                 consequence: format!("using the default {default}"),
@@ -395,7 +686,7 @@ fn parse_dispatch(
         Ok(uri) if matches!(uri.scheme(), "http" | "https") && uri.host_str().is_some() => uri,
         _ => {
             issues.push(ConfigIssue {
-                variable: "DISPATCH_POST_URI",
+                variable: "DISPATCH_POST_URI".into(),
                 value: raw_uri,
                 allowed: "an absolute http:// or https:// URL".into(),
                 consequence: "the raw JSON sink is disabled".into(),
@@ -409,7 +700,7 @@ fn parse_dispatch(
             Ok(n) => n,
             Err(_) => {
                 issues.push(ConfigIssue {
-                    variable: "DISPATCH_MIN_BATCH_SIZE",
+                    variable: "DISPATCH_MIN_BATCH_SIZE".into(),
                     value: raw,
                     allowed: "a non-negative integer".into(),
                     consequence: "using 0 (dispatch at every flush)".into(),
@@ -424,7 +715,7 @@ fn parse_dispatch(
             Some(h) => h,
             None => {
                 issues.push(ConfigIssue {
-                    variable: "BRIDGE_DISPATCH_HEADERS",
+                    variable: "BRIDGE_DISPATCH_HEADERS".into(),
                     value: "<redacted>".into(),
                     allowed: "comma-separated key=value pairs (values may be percent-encoded)".into(),
                     consequence: "the raw JSON sink is disabled (its endpoint would reject us)"
@@ -572,6 +863,56 @@ mod tests {
         assert_eq!(cfg.destination_host, "sandbox.localdomain");
         let (cfg, _) = load(&[("BRIDGE_LISTENER_ADDR", "127.0.0.1")]);
         assert_eq!(cfg.destination_host, "127.0.0.1");
+    }
+
+    #[test]
+    fn otlp_follows_the_standard_variables() {
+        let (cfg, issues) = load(&[]);
+        assert!(cfg.otlp.is_none() && issues.is_empty());
+        let (cfg, issues) = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://traces.example/custom"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=secret1,x=1"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "api-key=secret2"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_LOGS_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
+        ]);
+        assert!(issues.is_empty(), "{issues:?}");
+        let otlp = cfg.otlp.expect("otlp on");
+        let traces = otlp.traces.expect("traces");
+        assert_eq!(traces.endpoint.as_str(), "https://traces.example/custom");
+        assert_eq!(traces.protocol, OtlpProtocol::HttpJson);
+        assert!(traces.gzip);
+        let metrics = otlp.metrics.expect("metrics");
+        assert_eq!(metrics.endpoint.as_str(), "http://collector:4318/v1/metrics");
+        assert_eq!(metrics.protocol, OtlpProtocol::HttpProtobuf);
+        assert!(metrics.headers.contains(&("api-key".into(), "secret2".into())));
+        assert!(metrics.headers.contains(&("x".into(), "1".into())));
+        assert!(!format!("{metrics:?}").contains("secret"));
+        assert!(otlp.logs.is_none());
+        assert_eq!(otlp.temporality, Temporality::Delta);
+        let (cfg, _) = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]);
+        assert!(cfg.otlp.is_none());
+        let (cfg, issues) = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        assert!(cfg.otlp.is_none());
+        assert_eq!(issues.len(), 3, "one per signal: {issues:?}");
+    }
+
+    #[test]
+    fn pricing_defaults_follow_the_architecture() {
+        assert!(Pricing::for_arch("aarch64").per_gb_second < Pricing::for_arch("x86_64").per_gb_second);
+        let (cfg, issues) = load(&[("BRIDGE_PRICE_GB_SECOND", "0.5"), ("BRIDGE_PRICE_REQUEST", "-1")]);
+        assert_eq!(cfg.pricing.per_gb_second, 0.5);
+        assert_eq!(issues.len(), 1);
     }
 
     #[test]

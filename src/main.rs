@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(_) => {
             issues.push(ConfigIssue {
-                variable: "BRIDGE_LOG",
+                variable: "BRIDGE_LOG".into(),
                 value: config.log_filter.clone(),
                 allowed: "a level (error, warn, info, debug, trace) or target=level list".into(),
                 consequence: "logging at info".into(),

@@ -48,9 +48,21 @@ impl FlushContext<'_> {
     }
 }
 
+/// What the lifecycle learns from an INVOKE event that the Telemetry API does not repeat.
+#[derive(Debug, Clone, Default)]
+pub struct InvokeInfo {
+    pub request_id: String,
+    pub invoked_function_arn: Option<String>,
+    /// The X-Ray header value.
+    pub tracing: Option<String>,
+}
+
 /// A destination for events. Every sink gets every event, in arrival order.
 pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Called when an INVOKE arrives, before its telemetry does.
+    fn note_invoke(&self, _info: &InvokeInfo) {}
 
     /// Delivers a prefix of `events`, reporting progress through `ctx.mark_done`.
     fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()>;
@@ -87,6 +99,12 @@ impl Pipeline {
 
     pub fn push(&self, events: Vec<Event>) {
         self.queue().push(events);
+    }
+
+    pub fn note_invoke(&self, info: &InvokeInfo) {
+        for sink in &self.sinks {
+            sink.note_invoke(info);
+        }
     }
 
     /// Events queued and not yet taken by the slowest sink.

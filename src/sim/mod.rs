@@ -1,1 +1,379 @@
-// Placeholder until the simulator lands (helper overwrites this file).
+//! A loopback stand-in for the Lambda control plane: the Extensions API, the Telemetry API with
+//! Lambda's buffered delivery, and a driver that runs an extension binary through init, a series of
+//! invocations and shutdown, recording what happened.
+//!
+//! Events are written as raw JSON shaped like the AWS schema (see [`events`]), never through the
+//! extension's own Rust types, so that a mistake in those types cannot cancel out in tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lambda_telemetry_bridge::sim::SimError> {
+//! use lambda_telemetry_bridge::sim::{self, Behaviour, RecordingEndpoint, SimConfig};
+//! let sink = RecordingEndpoint::start(Behaviour::ok()).await?;
+//! let report = sim::run(SimConfig {
+//!     extension_path: "target/release/lambda-telemetry-bridge".into(),
+//!     extension_env: vec![("DISPATCH_POST_URI".into(), sink.url())],
+//!     invocations: 5,
+//!     ..SimConfig::default()
+//! })
+//! .await?;
+//! assert_eq!(report.undelivered_events, 0);
+//! assert_eq!(sink.received_events(), report.events_sent);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod control_plane;
+mod driver;
+pub mod events;
+mod recorder;
+mod telemetry;
+
+pub use control_plane::{parse_http_uri, validate_subscription, SCHEMA_VERSIONS};
+pub use recorder::{Behaviour, RecordedRequest, RecordingEndpoint};
+pub use telemetry::{Subscription, RETRIES, RETRY_BACKOFF};
+
+/// Errors of the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A loopback listener could not be opened.
+    #[error("cannot listen on a loopback port: {0}")]
+    Bind(#[source] std::io::Error),
+    /// The extension binary could not be started.
+    #[error("cannot start the extension {path}: {source}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP client that delivers telemetry could not be built.
+    #[error("cannot build the telemetry HTTP client: {0}")]
+    HttpClient(String),
+    /// The extension did not finish its init phase. The report holds what happened so far.
+    #[error("extension init failed: {reason}")]
+    InitFailed {
+        /// What went wrong.
+        reason: String,
+        /// Everything recorded until the extension was stopped.
+        report: Box<SimReport>,
+    },
+}
+
+/// Called after each invocation (when the extension called `/event/next` again, or gave up).
+pub type ProgressFn = Box<dyn FnMut(&InvocationRecord) + Send>;
+
+/// How to run the simulation. Build with `..SimConfig::default()`.
+pub struct SimConfig {
+    /// The extension binary.
+    pub extension_path: PathBuf,
+    /// Added to the extension's environment (after the Lambda variables, so these win).
+    pub extension_env: Vec<(String, String)>,
+    /// Give the extension the simulator's whole environment too (default false: a clean
+    /// Lambda-like environment with only `PATH`, the Lambda variables and `extension_env`).
+    pub inherit_env: bool,
+    /// Number of invocations.
+    pub invocations: usize,
+    /// Function name (`AWS_LAMBDA_FUNCTION_NAME`, register answer, ARN).
+    pub function_name: String,
+    /// Configured memory (MB).
+    pub memory_mb: u64,
+    /// Function timeout: INVOKE's `deadlineMs` is now + this; a timed-out invocation runs this long.
+    pub function_timeout_ms: u64,
+    /// Base runtime duration per invocation (varied ±50%).
+    pub invoke_duration_ms: u64,
+    /// Base duration of the runtime's own init (varied ±25%), concurrent with the extension's.
+    pub runtime_init_ms: u64,
+    /// `function` log lines per invocation (alternating text and JSON records).
+    pub log_lines_per_invoke: usize,
+    /// Every Nth invocation ends with status `error`.
+    pub error_every: Option<usize>,
+    /// Every Nth invocation ends with status `timeout` (takes precedence over `error_every`).
+    pub timeout_every: Option<usize>,
+    /// Idle time between two invocations.
+    pub between_invokes_ms: u64,
+    /// SIGSTOP the extension once it called `/event/next` after an invocation, SIGCONT right
+    /// before handing it the next event (Lambda's freeze/thaw).
+    pub freeze_between_invokes: bool,
+    /// SHUTDOWN's `deadlineMs` is now + this; the extension is SIGKILLed then.
+    pub shutdown_deadline_ms: u64,
+    /// Registration, subscription and the first `/event/next` must happen within this.
+    pub init_timeout_ms: u64,
+    /// Timeout of one telemetry POST to the extension's listener.
+    pub telemetry_post_timeout_ms: u64,
+    /// Capture the extension's stdout and stderr into the report (else they are inherited).
+    pub capture_output: bool,
+    /// Give INVOKE and the platform events an X-Ray tracing header.
+    pub xray: bool,
+    /// Emit `platform.restore*` events (SnapStart restore) instead of `platform.init*`.
+    pub snap_start: bool,
+    /// Before handing over SHUTDOWN, force delivery of everything buffered, ignoring the
+    /// subscription's buffering limits, and wait (up to `function_timeout_ms`) until it was
+    /// answered. Real Lambda does not do this (default false); it isolates shutdown handling from
+    /// buffering delays when a test wants that.
+    pub flush_before_shutdown: bool,
+    /// Called after each invocation.
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            extension_path: PathBuf::from("target/release/lambda-telemetry-bridge"),
+            extension_env: Vec::new(),
+            inherit_env: false,
+            invocations: 20,
+            function_name: "sim-function".into(),
+            memory_mb: 128,
+            function_timeout_ms: 3000,
+            invoke_duration_ms: 8,
+            runtime_init_ms: 120,
+            log_lines_per_invoke: 3,
+            error_every: None,
+            timeout_every: None,
+            between_invokes_ms: 0,
+            freeze_between_invokes: false,
+            shutdown_deadline_ms: 2000,
+            init_timeout_ms: 10_000,
+            telemetry_post_timeout_ms: 10_000,
+            capture_output: true,
+            xray: true,
+            snap_start: false,
+            flush_before_shutdown: false,
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("extension_path", &self.extension_path)
+            .field("extension_env", &self.extension_env)
+            .field("inherit_env", &self.inherit_env)
+            .field("invocations", &self.invocations)
+            .field("function_name", &self.function_name)
+            .field("memory_mb", &self.memory_mb)
+            .field("function_timeout_ms", &self.function_timeout_ms)
+            .field("invoke_duration_ms", &self.invoke_duration_ms)
+            .field("runtime_init_ms", &self.runtime_init_ms)
+            .field("log_lines_per_invoke", &self.log_lines_per_invoke)
+            .field("error_every", &self.error_every)
+            .field("timeout_every", &self.timeout_every)
+            .field("between_invokes_ms", &self.between_invokes_ms)
+            .field("freeze_between_invokes", &self.freeze_between_invokes)
+            .field("shutdown_deadline_ms", &self.shutdown_deadline_ms)
+            .field("init_timeout_ms", &self.init_timeout_ms)
+            .field("telemetry_post_timeout_ms", &self.telemetry_post_timeout_ms)
+            .field("capture_output", &self.capture_output)
+            .field("xray", &self.xray)
+            .field("snap_start", &self.snap_start)
+            .field("flush_before_shutdown", &self.flush_before_shutdown)
+            .field("progress", &self.progress.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+/// A call to `/init/error` or `/exit/error`.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    /// Request headers (lowercase names).
+    pub headers: Vec<(String, String)>,
+    /// `Lambda-Extension-Function-Error-Type`.
+    pub error_type: Option<String>,
+    /// The body (a JSON string value when it was not JSON), `None` when empty.
+    pub body: Option<Value>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// One invocation.
+#[derive(Debug, Clone)]
+pub struct InvocationRecord {
+    /// 0-based.
+    pub index: usize,
+    /// The request id.
+    pub request_id: String,
+    /// `success`, `error` or `timeout`.
+    pub status: String,
+    /// Error type when not `success`.
+    pub error_type: Option<String>,
+    /// When the INVOKE was handed to the extension.
+    pub invoked_at: Instant,
+    /// Runtime duration (INVOKE → runtimeDone).
+    pub runtime_duration: Duration,
+    /// When `platform.runtimeDone` was emitted.
+    pub runtime_done_emitted: Instant,
+    /// When the extension called `/event/next` again (`None`: it did not, see `SimReport::errors`).
+    pub next_called_at: Option<Instant>,
+    /// `next_called_at - runtime_done_emitted` (0 when the extension called before the runtime
+    /// was done; the time waited when it never called): Lambda's postRuntimeExtensionsDuration.
+    pub extension_overhead: Duration,
+}
+
+/// One POST attempt of a telemetry batch to the extension's listener.
+#[derive(Debug, Clone)]
+pub struct TelemetryPost {
+    /// Events in the batch.
+    pub events: usize,
+    /// Body size.
+    pub bytes: usize,
+    /// 1 for the first attempt, up to 1 + [`RETRIES`].
+    pub attempt: u32,
+    /// HTTP status, `None` on a connection error or timeout.
+    pub status: Option<u16>,
+    /// The connection error.
+    pub error: Option<String>,
+    /// When the POST started.
+    pub sent_at: Instant,
+    /// When it was answered (or failed).
+    pub answered_at: Instant,
+}
+
+/// Timing of one event of `SimReport::events_sent` (same index).
+#[derive(Debug, Clone)]
+pub struct EventTiming {
+    /// The event's `type`.
+    pub event_type: String,
+    /// When it was put into Lambda's buffer.
+    pub emitted_at: Instant,
+    /// When the POST containing it was answered with 2xx (`None`: never delivered).
+    pub delivered_at: Option<Instant>,
+}
+
+/// Everything that happened during a run.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    /// `AWS_LAMBDA_RUNTIME_API` given to the extension.
+    pub runtime_api: String,
+    /// The extension's pid.
+    pub pid: Option<u32>,
+    /// When the extension was spawned (reference point for the other instants).
+    pub spawned_at: Instant,
+    /// Headers of `/register` (lowercase names).
+    pub register_headers: Vec<(String, String)>,
+    /// Body of `/register`.
+    pub register_body: Option<Value>,
+    /// Status answered to `/register`.
+    pub register_status: Option<u16>,
+    /// Value of `Lambda-Extension-Name` at registration.
+    pub extension_name: Option<String>,
+    /// Body of the last `PUT /telemetry`.
+    pub subscription_body: Option<Value>,
+    /// Status answered to the last `PUT /telemetry`.
+    pub subscribe_status: Option<u16>,
+    /// Why the last subscription was rejected.
+    pub subscribe_error: Option<String>,
+    /// Calls to `/init/error`.
+    pub init_errors: Vec<ErrorReport>,
+    /// Calls to `/exit/error`.
+    pub exit_errors: Vec<ErrorReport>,
+    /// Requests to unknown control-plane paths (`METHOD /path`).
+    pub unknown_requests: Vec<String>,
+    /// The events of the subscribed stream, in emission order (events of types the extension
+    /// did not subscribe to are left out).
+    pub events_sent: Vec<Value>,
+    /// Timing of each of `events_sent`.
+    pub event_times: Vec<EventTiming>,
+    /// Events of `events_sent` never delivered (dropped after retries, or still buffered at exit).
+    pub undelivered_events: usize,
+    /// Invocations, in order.
+    pub invocations: Vec<InvocationRecord>,
+    /// Spawn → first `/event/next`.
+    pub cold_start: Option<Duration>,
+    /// Init duration as reported in `platform.initReport` (spawn → extension and runtime ready).
+    pub init_duration: Option<Duration>,
+    /// Every `/event/next` call.
+    pub next_calls: Vec<Instant>,
+    /// Every POST attempt to the telemetry destination.
+    pub telemetry_posts: Vec<TelemetryPost>,
+    /// When SHUTDOWN was handed to the extension.
+    pub shutdown_at: Option<Instant>,
+    /// SHUTDOWN handed over → process exit.
+    pub shutdown_duration: Option<Duration>,
+    /// When the process exited.
+    pub exited_at: Option<Instant>,
+    /// Exit code (`None` when killed by a signal or never observed).
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, if any.
+    pub exit_signal: Option<i32>,
+    /// The simulator had to SIGKILL the extension.
+    pub killed: bool,
+    /// The extension's stdout and stderr (when captured).
+    pub extension_output: String,
+    /// Problems observed (a missing `/event/next`, a process that exited early, …).
+    pub errors: Vec<String>,
+}
+
+impl SimReport {
+    /// Value of a `/register` header (case-insensitive).
+    pub fn register_header(&self, name: &str) -> Option<&str> {
+        self.register_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The sent events of one `type`.
+    pub fn events_of_type(&self, ty: &str) -> Vec<&Value> {
+        self.events_sent
+            .iter()
+            .filter(|e| e.get("type").and_then(Value::as_str) == Some(ty))
+            .collect()
+    }
+
+    /// Number of sent events per `type`.
+    pub fn event_counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for t in &self.event_times {
+            *m.entry(t.event_type.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Invocations with the given status.
+    pub fn count_status(&self, status: &str) -> usize {
+        self.invocations
+            .iter()
+            .filter(|i| i.status == status)
+            .count()
+    }
+
+    /// Whether the extension went through init, every invocation and shutdown cleanly: exit code
+    /// 0, not killed, every event delivered, no error observed.
+    pub fn clean(&self) -> bool {
+        self.exit_code == Some(0)
+            && !self.killed
+            && self.undelivered_events == 0
+            && self.errors.is_empty()
+            && self.init_errors.is_empty()
+            && self.exit_errors.is_empty()
+    }
+}
+
+/// Runs the extension at `cfg.extension_path` against the simulated control plane: init, then
+/// `cfg.invocations` invocations, then SHUTDOWN. Problems of the extension after init are recorded
+/// in [`SimReport::errors`]; a failed init is [`SimError::InitFailed`] (which carries the report).
+pub async fn run(cfg: SimConfig) -> Result<SimReport, SimError> {
+    driver::run(cfg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn run_future_is_send() {
+        let fut = run(SimConfig::default());
+        assert_send(&fut);
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -34,6 +34,7 @@ pub enum PostError {
 }
 
 /// Builds the shared client once, on first use.
+#[derive(Debug)]
 pub struct LazyClient {
     client: OnceLock<reqwest::Client>,
 }
@@ -112,16 +113,24 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
-/// POSTs `body`, retrying connection errors, timeouts, 408, 429 and 5xx with exponential
-/// backoff and jitter (honouring Retry-After) until `deadline`.
+/// A delivered POST: how many attempts it took and the answer's body.
+#[derive(Debug)]
+pub struct Delivered {
+    pub attempts: u32,
+    pub body: Bytes,
+}
+
+/// POSTs `body` (headers include the content type), retrying connection errors, timeouts, 408,
+/// 429 and 5xx with exponential backoff and jitter (honouring Retry-After) until `deadline`
+/// and at most `attempt_timeout` per attempt.
 pub async fn post_with_retry(
     client: &reqwest::Client,
     url: &reqwest::Url,
     headers: &HeaderMap,
-    content_type: &'static str,
     body: Bytes,
     deadline: Instant,
-) -> Result<u32, PostError> {
+    attempt_timeout: Duration,
+) -> Result<Delivered, PostError> {
     let mut attempts = 0u32;
     let mut last;
     loop {
@@ -136,12 +145,15 @@ pub async fn post_with_retry(
         let request = client
             .post(url.clone())
             .headers(headers.clone())
-            .header(CONTENT_TYPE, content_type)
-            .timeout(remaining)
+            .timeout(remaining.min(attempt_timeout))
             .body(body.clone());
         let mut retry_after = None;
         match request.send().await {
-            Ok(response) if response.status().is_success() => return Ok(attempts),
+            Ok(response) if response.status().is_success() => {
+                // The body matters only to OTLP (partial success); a broken one is not a failure.
+                let body = response.bytes().await.unwrap_or_default();
+                return Ok(Delivered { attempts, body });
+            }
             Ok(response) if retryable(response.status()) => {
                 retry_after = response
                     .headers()

@@ -4,12 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
 use crate::config::{redact_url, DispatchConfig};
 use crate::event::Event;
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
-use crate::sinks::http::{header_map, post_with_retry, HttpError, LazyClient, PostError};
+use crate::sinks::http::{header_map, post_with_retry, Delivered, HttpError, LazyClient, PostError};
 
 /// Upper bound of one POST body; larger backlogs go in several POSTs.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -37,7 +37,11 @@ impl RawJsonSink {
         Ok(RawJsonSink {
             url: config.uri.clone(),
             shown_url: redact_url(&config.uri),
-            headers: header_map(&config.headers, "BRIDGE_DISPATCH_HEADERS")?,
+            headers: {
+                let mut headers = header_map(&config.headers, "BRIDGE_DISPATCH_HEADERS")?;
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers
+            },
             min_batch_size: config.min_batch_size,
             client: LazyClient::new(),
             stats: RawJsonStats::default(),
@@ -73,13 +77,13 @@ impl RawJsonSink {
                 client,
                 &self.url,
                 &self.headers,
-                "application/json",
                 body,
                 ctx.deadline,
+                ctx.remaining(),
             )
             .await
             {
-                Ok(attempts) => {
+                Ok(Delivered { attempts, .. }) => {
                     self.stats.posts.fetch_add(1, Ordering::Relaxed);
                     self.stats.events_sent.fetch_add(count as u64, Ordering::Relaxed);
                     self.stats.bytes_sent.fetch_add(size as u64, Ordering::Relaxed);

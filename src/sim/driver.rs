@@ -1,0 +1,839 @@
+//! The driver: spawns the extension and plays Lambda's part through init, invocations and shutdown.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::control_plane::{ControlMsg, ControlPlane, PendingNext, Shared};
+use super::events::{self, ReportArgs, RuntimeOutcome, Trace};
+use super::telemetry::{self, TelemetryHub};
+use super::{EventTiming, InvocationRecord, ProgressFn, SimConfig, SimError, SimReport};
+
+/// Lambda's PATH.
+const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin/:/bin:/opt/bin";
+/// Error types of failed invocations, in turn.
+const ERROR_TYPES: [&str; 3] = ["Error", "TypeError", "Runtime.UnhandledPromiseRejection"];
+/// Slack on top of the function timeout for the extension's `/event/next` after an invoke.
+const NEXT_SLACK: Duration = Duration::from_secs(10);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum Waited {
+    Msg(ControlMsg),
+    Exited,
+    TimedOut,
+}
+
+struct Driver {
+    cfg: SimConfig,
+    progress: Option<ProgressFn>,
+    hub: Arc<TelemetryHub>,
+    shared: Arc<Shared>,
+    ctrl_rx: mpsc::UnboundedReceiver<ControlMsg>,
+    control_plane: ControlPlane,
+    deliverer: Option<AbortOnDrop>,
+    child: Child,
+    pid: Option<u32>,
+    spawned_at: Instant,
+    exit: Option<ExitStatus>,
+    exited_at: Option<Instant>,
+    output: Arc<Mutex<String>>,
+    output_tasks: Vec<JoinHandle<()>>,
+    frozen: bool,
+    // Results.
+    cold_start: Option<Duration>,
+    init_duration: Option<Duration>,
+    invocations: Vec<InvocationRecord>,
+    errors: Vec<String>,
+    shutdown_at: Option<Instant>,
+    shutdown_duration: Option<Duration>,
+    killed: bool,
+}
+
+pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
+    let progress = cfg.progress.take();
+    let hub = Arc::new(TelemetryHub::default());
+    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        recorded: Mutex::new(Default::default()),
+        hub: hub.clone(),
+        ctrl: ctrl_tx,
+        function_name: cfg.function_name.clone(),
+    });
+    let control_plane = ControlPlane::start(shared.clone()).await?;
+    let client = http_client()?;
+    let deliverer = AbortOnDrop(tokio::spawn(telemetry::deliver(
+        hub.clone(),
+        client,
+        Duration::from_millis(cfg.telemetry_post_timeout_ms),
+    )));
+
+    let mut cmd = Command::new(&cfg.extension_path);
+    if !cfg.inherit_env {
+        cmd.env_clear();
+        cmd.env("PATH", LAMBDA_PATH);
+    }
+    for (k, v) in lambda_env(&cfg, &control_plane.addr.to_string()) {
+        cmd.env(k, v);
+    }
+    for (k, v) in &cfg.extension_env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    if cfg.capture_output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    }
+    let spawned_at = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| SimError::Spawn {
+        path: cfg.extension_path.clone(),
+        source,
+    })?;
+    let pid = child.id();
+
+    let output = Arc::new(Mutex::new(String::new()));
+    let mut output_tasks = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        output_tasks.push(tokio::spawn(capture(out, output.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        output_tasks.push(tokio::spawn(capture(err, output.clone())));
+    }
+
+    let mut d = Driver {
+        cfg,
+        progress,
+        hub,
+        shared,
+        ctrl_rx,
+        control_plane,
+        deliverer: Some(deliverer),
+        child,
+        pid,
+        spawned_at,
+        exit: None,
+        exited_at: None,
+        output,
+        output_tasks,
+        frozen: false,
+        cold_start: None,
+        init_duration: None,
+        invocations: Vec::new(),
+        errors: Vec::new(),
+        shutdown_at: None,
+        shutdown_duration: None,
+        killed: false,
+    };
+
+    let first_next = match d.init().await {
+        Ok(p) => p,
+        Err(reason) => {
+            d.errors.push(reason.clone());
+            let grace = Duration::from_millis(d.cfg.shutdown_deadline_ms);
+            d.stop_process(grace).await;
+            let report = d.finish().await;
+            return Err(SimError::InitFailed {
+                reason,
+                report: Box::new(report),
+            });
+        }
+    };
+    let (pending, deferred_report) = d.invocations(first_next).await;
+    d.shutdown(pending, deferred_report).await;
+    Ok(d.finish().await)
+}
+
+pub(crate) fn http_client() -> Result<reqwest::Client, SimError> {
+    // The crate's reqwest has rustls without a default crypto provider; hand it a ring-based
+    // config instead of installing a process-wide default (which would be the caller's choice).
+    // Only plain HTTP to the loopback is used, so the TLS config is never exercised.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SimError::HttpClient(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(tls)
+        // Lambda's destination host; the simulated sandbox is the loopback.
+        .resolve(
+            "sandbox.localdomain",
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .build()
+        .map_err(|e| SimError::HttpClient(e.to_string()))
+}
+
+fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {
+    let date: String = events::rfc3339(SystemTime::now())
+        .chars()
+        .take(10)
+        .map(|c| if c == '-' { '/' } else { c })
+        .collect();
+    let mut env: Vec<(String, String)> = [
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", cfg.function_name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", cfg.memory_mb.to_string()),
+        ("AWS_REGION", events::REGION.to_string()),
+        ("AWS_DEFAULT_REGION", events::REGION.to_string()),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", cfg.function_name),
+        ),
+        (
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            format!("{date}/[$LATEST]{}", events::hex(32)),
+        ),
+        ("AWS_EXECUTION_ENV", "AWS_Lambda_nodejs20.x".to_string()),
+        (
+            "AWS_LAMBDA_INITIALIZATION_TYPE",
+            if cfg.snap_start {
+                "snap-start"
+            } else {
+                "on-demand"
+            }
+            .to_string(),
+        ),
+        ("LAMBDA_TASK_ROOT", "/var/task".to_string()),
+        ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_string()),
+        ("_HANDLER", "index.handler".to_string()),
+        ("TZ", ":UTC".to_string()),
+        ("LANG", "en_US.UTF-8".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if !cfg
+        .extension_env
+        .iter()
+        .any(|(k, _)| k == "BRIDGE_LISTENER_ADDR")
+    {
+        env.push(("BRIDGE_LISTENER_ADDR".into(), "127.0.0.1".into()));
+    }
+    env
+}
+
+async fn capture<R: tokio::io::AsyncRead + Unpin>(mut r: R, out: Arc<Mutex<String>>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+fn vary(base: Duration, spread: f64) -> Duration {
+    base.mul_f64(1.0 - spread + 2.0 * spread * fastrand::f64())
+}
+
+impl Driver {
+    fn emit(&self, event: Value) {
+        self.hub.emit(event);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if self.exit.is_some() {
+            return;
+        }
+        if let Some(pid) = self.pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
+            // not reaped yet (we checked it has not exited), so it cannot have been reused.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    fn freeze(&mut self) {
+        if !self.frozen {
+            // Lambda does not deliver telemetry to a frozen sandbox.
+            self.hub.set_paused(true);
+            self.signal(libc::SIGSTOP);
+            self.frozen = true;
+        }
+    }
+
+    fn thaw(&mut self) {
+        if self.frozen {
+            self.signal(libc::SIGCONT);
+            self.hub.set_paused(false);
+            self.frozen = false;
+        }
+    }
+
+    fn record_exit(&mut self, status: std::io::Result<ExitStatus>) {
+        self.exited_at = Some(Instant::now());
+        match status {
+            Ok(s) => self.exit = Some(s),
+            Err(e) => self
+                .errors
+                .push(format!("cannot wait for the extension process: {e}")),
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited_at.is_some()
+    }
+
+    fn describe_exit(&self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match self.exit {
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => format!("exit code {c}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => "unknown status".into(),
+            },
+            None => "unknown status".into(),
+        }
+    }
+
+    /// Waits for a control-plane message, the process's exit, or `until`.
+    async fn wait(&mut self, until: Instant) -> Waited {
+        if self.has_exited() {
+            return match self.ctrl_rx.try_recv() {
+                Ok(m) => Waited::Msg(m),
+                Err(_) => Waited::Exited,
+            };
+        }
+        enum Got {
+            Msg(Option<ControlMsg>),
+            Exit(std::io::Result<ExitStatus>),
+            Timer,
+        }
+        let got = tokio::select! {
+            biased;
+            m = self.ctrl_rx.recv() => Got::Msg(m),
+            s = self.child.wait() => Got::Exit(s),
+            _ = tokio::time::sleep_until(until.into()) => Got::Timer,
+        };
+        match got {
+            Got::Msg(Some(m)) => Waited::Msg(m),
+            Got::Msg(None) | Got::Timer => Waited::TimedOut,
+            Got::Exit(s) => {
+                self.record_exit(s);
+                Waited::Exited
+            }
+        }
+    }
+
+    /// Waits for the process to exit until `deadline`; returns whether it did.
+    async fn wait_exit(&mut self, deadline: Instant) -> bool {
+        if self.has_exited() {
+            return true;
+        }
+        let got = tokio::select! {
+            s = self.child.wait() => Some(s),
+            _ = tokio::time::sleep_until(deadline.into()) => None,
+        };
+        match got {
+            Some(s) => {
+                self.record_exit(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets the process exit within `grace`, then SIGKILLs it.
+    async fn stop_process(&mut self, grace: Duration) {
+        self.thaw();
+        if self.wait_exit(Instant::now() + grace).await {
+            return;
+        }
+        self.kill().await;
+    }
+
+    async fn kill(&mut self) {
+        if self.has_exited() {
+            return;
+        }
+        self.killed = true;
+        if let Err(e) = self.child.start_kill() {
+            self.errors
+                .push(format!("cannot kill the extension process: {e}"));
+        }
+        if !self
+            .wait_exit(Instant::now() + Duration::from_secs(5))
+            .await
+        {
+            self.errors
+                .push("the extension process did not die after SIGKILL".into());
+        }
+    }
+
+    fn init_state(&self) -> String {
+        let rec = self.shared.lock();
+        format!(
+            "registered: {}, subscribed: {}, /event/next called: {}",
+            if rec.extension_id.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            match rec.subscribe_status {
+                Some(200) => "yes".to_string(),
+                Some(s) => format!(
+                    "rejected ({s}: {})",
+                    rec.subscribe_error.clone().unwrap_or_default()
+                ),
+                None => "no".to_string(),
+            },
+            if rec.next_calls.is_empty() {
+                "no"
+            } else {
+                "yes"
+            },
+        )
+    }
+
+    /// The init phase. Returns the extension's first pending `/event/next`.
+    async fn init(&mut self) -> Result<PendingNext, String> {
+        let snap = self.cfg.snap_start;
+        let init_type = if snap { "snap-start" } else { "on-demand" };
+        let now = SystemTime::now();
+        if snap {
+            self.emit(events::restore_start(now));
+        } else {
+            self.emit(events::init_start(
+                now,
+                init_type,
+                &self.cfg.function_name,
+                "$LATEST",
+            ));
+        }
+        let runtime_ready_at =
+            self.spawned_at + vary(Duration::from_millis(self.cfg.runtime_init_ms), 0.25);
+        let init_deadline = self.spawned_at + Duration::from_millis(self.cfg.init_timeout_ms);
+        let mut runtime_done_at: Option<Instant> = None;
+        let mut first: Option<PendingNext> = None;
+        loop {
+            let now = Instant::now();
+            if runtime_done_at.is_none() && now >= runtime_ready_at {
+                let t = SystemTime::now();
+                self.emit(if snap {
+                    events::restore_runtime_done(t)
+                } else {
+                    events::init_runtime_done(t, init_type)
+                });
+                runtime_done_at = Some(now);
+            }
+            if let (Some(rt), Some(p)) = (runtime_done_at, first.as_ref()) {
+                let end = rt.max(p.at);
+                let duration = end.saturating_duration_since(self.spawned_at);
+                self.init_duration = Some(duration);
+                let t = SystemTime::now();
+                self.emit(if snap {
+                    events::restore_report(t, duration)
+                } else {
+                    events::init_report(t, init_type, duration)
+                });
+                break;
+            }
+            if now >= init_deadline {
+                return Err(format!(
+                    "init did not finish within {} ms ({})",
+                    self.cfg.init_timeout_ms,
+                    self.init_state()
+                ));
+            }
+            let wake = if runtime_done_at.is_none() {
+                runtime_ready_at.min(init_deadline)
+            } else {
+                init_deadline
+            };
+            match self.wait(wake).await {
+                Waited::Msg(ControlMsg::Next(p)) => {
+                    if first.is_none() {
+                        self.cold_start = Some(p.at.saturating_duration_since(self.spawned_at));
+                        let (name, evs) = {
+                            let rec = self.shared.lock();
+                            (
+                                rec.extension_name.clone().unwrap_or_default(),
+                                rec.registered_events.clone(),
+                            )
+                        };
+                        self.emit(events::platform_extension(SystemTime::now(), &name, &evs));
+                        first = Some(p);
+                    } else {
+                        self.errors.push(
+                            "the extension called /event/next twice concurrently during init"
+                                .into(),
+                        );
+                    }
+                }
+                Waited::Msg(ControlMsg::InitError) => {
+                    let detail = self
+                        .shared
+                        .lock()
+                        .init_errors
+                        .last()
+                        .map(|e| {
+                            format!(
+                                "{} {}",
+                                e.error_type
+                                    .clone()
+                                    .unwrap_or_else(|| "(no error type)".into()),
+                                e.body.as_ref().map(Value::to_string).unwrap_or_default()
+                            )
+                        })
+                        .unwrap_or_default();
+                    return Err(format!("the extension reported an init error: {detail}"));
+                }
+                Waited::Msg(ControlMsg::ExitError) => {}
+                Waited::Exited => {
+                    return Err(format!(
+                        "the extension exited during init ({}; {})",
+                        self.describe_exit(),
+                        self.init_state()
+                    ));
+                }
+                Waited::TimedOut => {}
+            }
+        }
+        let rec = self.shared.lock();
+        if rec.subscribe_status != Some(200) {
+            let msg = match rec.subscribe_status {
+                None => "the extension did not subscribe to the Telemetry API during init".into(),
+                Some(s) => format!(
+                    "the extension's Telemetry API subscription was rejected ({s}: {})",
+                    rec.subscribe_error.clone().unwrap_or_default()
+                ),
+            };
+            drop(rec);
+            self.errors.push(msg);
+        }
+        first.ok_or_else(|| "init ended without a pending /event/next".to_string())
+    }
+
+    fn outcome_for(&self, i: usize, errors_so_far: usize) -> (String, Option<String>) {
+        let nth = |every: Option<usize>| every.is_some_and(|n| n > 0 && (i + 1) % n == 0);
+        if nth(self.cfg.timeout_every) {
+            ("timeout".into(), Some("Sandbox.Timedout".into()))
+        } else if nth(self.cfg.error_every) {
+            (
+                "error".into(),
+                Some(ERROR_TYPES[errors_so_far % ERROR_TYPES.len()].into()),
+            )
+        } else {
+            ("success".into(), None)
+        }
+    }
+
+    /// Runs the invocations. Returns the pending `/event/next` (if the extension is waiting) and
+    /// the last invocation's report, which Lambda emits only after handing over SHUTDOWN.
+    async fn invocations(
+        &mut self,
+        first: PendingNext,
+    ) -> (Option<PendingNext>, Option<(RuntimeOutcome, ReportArgs)>) {
+        let mut pending = Some(first);
+        let mut deferred = None;
+        let mut errors_so_far = 0usize;
+        let function_timeout = Duration::from_millis(self.cfg.function_timeout_ms);
+        for i in 0..self.cfg.invocations {
+            let Some(next) = pending.take() else { break };
+            if i > 0 && self.cfg.between_invokes_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(self.cfg.between_invokes_ms)).await;
+            }
+            let request_id = events::uuid();
+            let trace = self.cfg.xray.then(Trace::new);
+            let (status, error_type) = self.outcome_for(i, errors_so_far);
+            if status == "error" {
+                errors_so_far += 1;
+            }
+
+            let start_sys = SystemTime::now();
+            self.emit(events::platform_start(
+                start_sys,
+                &request_id,
+                trace.as_ref(),
+            ));
+            self.thaw();
+            let invoked_at = Instant::now();
+            let invoke_sys = SystemTime::now();
+            let invoke = events::invoke(
+                events::epoch_ms(invoke_sys + function_timeout),
+                &request_id,
+                &self.cfg.function_name,
+                trace.as_ref(),
+            );
+            if next.reply.send(invoke).is_err() {
+                self.errors.push(format!(
+                    "invocation {i}: the extension's /event/next request was gone when INVOKE was handed over"
+                ));
+                break;
+            }
+
+            // The runtime works, logging as it goes.
+            let target = if status == "timeout" {
+                function_timeout
+            } else {
+                vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5).min(function_timeout)
+            };
+            let lines = self.cfg.log_lines_per_invoke;
+            for k in 0..lines {
+                let at = invoked_at + target.mul_f64((k + 1) as f64 / (lines + 1) as f64);
+                tokio::time::sleep_until(at.into()).await;
+                self.emit(log_line(
+                    &request_id,
+                    k,
+                    lines,
+                    &status,
+                    error_type.as_deref(),
+                ));
+            }
+            tokio::time::sleep_until((invoked_at + target).into()).await;
+            let runtime_duration = invoked_at.elapsed();
+            let outcome = RuntimeOutcome {
+                request_id: request_id.clone(),
+                status: status.clone(),
+                error_type: error_type.clone(),
+                start: invoke_sys,
+                duration: runtime_duration,
+                produced_bytes: match status.as_str() {
+                    "success" => 20 + fastrand::u64(..2000),
+                    _ => 80 + fastrand::u64(..200),
+                },
+                trace,
+            };
+            let done_sys = SystemTime::now();
+            self.emit(events::runtime_done(done_sys, &outcome));
+            let runtime_done_emitted = Instant::now();
+
+            // The extensions' turn: wait for the next /event/next.
+            let deadline = runtime_done_emitted + function_timeout + NEXT_SLACK;
+            let got = loop {
+                match self.wait(deadline).await {
+                    Waited::Msg(ControlMsg::Next(p)) => break Some(p),
+                    Waited::Msg(_) => continue,
+                    Waited::Exited => {
+                        self.errors.push(format!(
+                            "invocation {i}: the extension exited ({}) instead of calling /event/next",
+                            self.describe_exit()
+                        ));
+                        break None;
+                    }
+                    Waited::TimedOut => {
+                        self.errors.push(format!(
+                            "invocation {i}: the extension did not call /event/next within {} ms after runtimeDone",
+                            (function_timeout + NEXT_SLACK).as_millis()
+                        ));
+                        break None;
+                    }
+                }
+            };
+            let next_called_at = got.as_ref().map(|p| p.at);
+            let extension_overhead = match next_called_at {
+                Some(at) => at.saturating_duration_since(runtime_done_emitted),
+                None => runtime_done_emitted.elapsed(),
+            };
+            if got.is_some() && self.cfg.freeze_between_invokes {
+                self.freeze();
+            }
+            let memory = self.cfg.memory_mb.max(2);
+            let used = ((memory as f64) * (0.45 + 0.25 * fastrand::f64())) as u64;
+            let report = ReportArgs {
+                duration: runtime_duration + extension_overhead,
+                memory_mb: self.cfg.memory_mb,
+                max_memory_used_mb: used.clamp(1, memory - 1),
+                init_duration: (i == 0 && !self.cfg.snap_start)
+                    .then_some(self.init_duration)
+                    .flatten(),
+                restore_duration: (i == 0 && self.cfg.snap_start)
+                    .then_some(self.init_duration)
+                    .flatten(),
+                extension_overhead: Some((done_sys, extension_overhead)),
+            };
+            let last = i + 1 == self.cfg.invocations;
+            if last && got.is_some() {
+                // Lambda emits it after handing over SHUTDOWN.
+                deferred = Some((outcome, report));
+            } else {
+                self.emit(events::report(SystemTime::now(), &outcome, &report));
+            }
+            let record = InvocationRecord {
+                index: i,
+                request_id,
+                status,
+                error_type,
+                invoked_at,
+                runtime_duration,
+                runtime_done_emitted,
+                next_called_at,
+                extension_overhead,
+            };
+            if let Some(progress) = self.progress.as_mut() {
+                progress(&record);
+            }
+            self.invocations.push(record);
+            pending = got;
+        }
+        (pending, deferred)
+    }
+
+    async fn shutdown(
+        &mut self,
+        pending: Option<PendingNext>,
+        deferred_report: Option<(RuntimeOutcome, ReportArgs)>,
+    ) {
+        let grace = Duration::from_millis(self.cfg.shutdown_deadline_ms);
+        let Some(next) = pending else {
+            // Nobody to hand SHUTDOWN to: Lambda would reset the environment.
+            if !self.has_exited() {
+                self.errors.push(
+                    "no pending /event/next to hand SHUTDOWN to; the extension was killed".into(),
+                );
+                self.thaw();
+                self.kill().await;
+            }
+            return;
+        };
+        self.thaw();
+        if self.cfg.flush_before_shutdown
+            && !self
+                .hub
+                .flush(Duration::from_millis(self.cfg.function_timeout_ms))
+                .await
+        {
+            self.errors
+                .push("forced telemetry delivery before SHUTDOWN did not finish".into());
+        }
+        let deadline_sys = SystemTime::now() + grace;
+        let handed_at = Instant::now();
+        self.shutdown_at = Some(handed_at);
+        if next
+            .reply
+            .send(events::shutdown(events::epoch_ms(deadline_sys), "spindown"))
+            .is_err()
+        {
+            self.errors.push(
+                "the extension's /event/next request was gone when SHUTDOWN was handed over".into(),
+            );
+        }
+        if let Some((outcome, report)) = deferred_report {
+            self.emit(events::report(SystemTime::now(), &outcome, &report));
+        }
+        if !self.wait_exit(handed_at + grace).await {
+            self.errors.push(format!(
+                "the extension did not exit within the shutdown deadline ({} ms) and was killed",
+                grace.as_millis()
+            ));
+            self.kill().await;
+        }
+        if let Some(at) = self.exited_at {
+            self.shutdown_duration = Some(at.saturating_duration_since(handed_at));
+        }
+    }
+
+    async fn finish(mut self) -> SimReport {
+        use std::os::unix::process::ExitStatusExt;
+        // Stop delivery: the destination is gone with the process.
+        self.hub.stop();
+        if let Some(mut d) = self.deliverer.take() {
+            d.0.abort();
+            let _ = (&mut d.0).await;
+        }
+        for t in std::mem::take(&mut self.output_tasks) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        let (entries, telemetry_posts) = self.hub.take();
+        let mut events_sent = Vec::new();
+        let mut event_times = Vec::new();
+        for e in entries.into_iter().filter(|e| e.eligible) {
+            event_times.push(EventTiming {
+                event_type: e.event_type,
+                emitted_at: e.emitted_at,
+                delivered_at: e.delivered_at,
+            });
+            events_sent.push(e.value);
+        }
+        let undelivered_events = event_times
+            .iter()
+            .filter(|t| t.delivered_at.is_none())
+            .count();
+        if undelivered_events > 0 {
+            self.errors.push(format!(
+                "{undelivered_events} telemetry event(s) were never delivered to the extension"
+            ));
+        }
+        let rec = std::mem::take(&mut *self.shared.lock());
+        let extension_output =
+            std::mem::take(&mut *self.output.lock().unwrap_or_else(|e| e.into_inner()));
+        SimReport {
+            runtime_api: self.control_plane.addr.to_string(),
+            pid: self.pid,
+            spawned_at: self.spawned_at,
+            register_headers: rec.register_headers,
+            register_body: rec.register_body,
+            register_status: rec.register_status,
+            extension_name: rec.extension_name,
+            subscription_body: rec.subscription_body,
+            subscribe_status: rec.subscribe_status,
+            subscribe_error: rec.subscribe_error,
+            init_errors: rec.init_errors,
+            exit_errors: rec.exit_errors,
+            unknown_requests: rec.unknown_requests,
+            events_sent,
+            event_times,
+            undelivered_events,
+            invocations: self.invocations,
+            cold_start: self.cold_start,
+            init_duration: self.init_duration,
+            next_calls: rec.next_calls,
+            telemetry_posts,
+            shutdown_at: self.shutdown_at,
+            shutdown_duration: self.shutdown_duration,
+            exited_at: self.exited_at,
+            exit_code: self.exit.and_then(|s| s.code()),
+            exit_signal: self.exit.and_then(|s| s.signal()),
+            killed: self.killed,
+            extension_output,
+            errors: self.errors,
+        }
+    }
+}
+
+/// The k-th of `n` log lines of an invocation: even ones in text format, odd ones in JSON format;
+/// the last line of a failed invocation is its error.
+fn log_line(request_id: &str, k: usize, n: usize, status: &str, error_type: Option<&str>) -> Value {
+    let now = SystemTime::now();
+    let (level, message) = if k + 1 == n && status == "error" {
+        let et = error_type.unwrap_or("Error");
+        (
+            "ERROR",
+            format!(
+                "Invoke Error \t{{\"errorType\":\"{et}\",\"errorMessage\":\"simulated failure\",\"stack\":[\"{et}: simulated failure\",\"    at Runtime.handler (/var/task/index.mjs:12:11)\"]}}"
+            ),
+        )
+    } else {
+        match k % 3 {
+            0 => ("INFO", format!("handling request, step {}", k + 1)),
+            1 => ("DEBUG", format!("cache lookup done, step {}", k + 1)),
+            _ => ("INFO", format!("wrote 3 items, step {}", k + 1)),
+        }
+    };
+    if k % 2 == 0 {
+        events::function_text_log(now, request_id, level, &message)
+    } else {
+        events::function_json_log(now, request_id, level, &message)
+    }
+}

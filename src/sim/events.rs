@@ -1,0 +1,455 @@
+//! Builders for Telemetry API events and Extensions API events, as raw JSON shaped like the AWS
+//! schema (see SPEC.md). Deliberately independent of the extension's own Rust types, so that a
+//! mistake in those types cannot cancel out in tests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+/// Runtime version reported in `platform.initStart` / `platform.restoreStart`.
+pub const RUNTIME_VERSION: &str = "nodejs:20.v30";
+/// Runtime version ARN reported with [`RUNTIME_VERSION`].
+pub const RUNTIME_VERSION_ARN: &str = "arn:aws:lambda:us-east-1::runtime:da57c20c4b965d5b75540f6865a35fc8030358e33ec44ecfed33e90901a27a72";
+/// Account id the simulated function lives in.
+pub const ACCOUNT_ID: &str = "123456789012";
+/// Region the simulated function lives in.
+pub const REGION: &str = "us-east-1";
+
+/// RFC 3339 UTC with millisecond precision, as Lambda writes `time`.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A duration in milliseconds as a float rounded to 3 decimals (Lambda's `durationMs`).
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// `n` random lowercase hex digits.
+pub fn hex(n: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..n)
+        .map(|_| char::from(DIGITS[fastrand::usize(..16)]))
+        .collect()
+}
+
+/// A random UUID-v4-shaped id (`8-4-4-4-12` hex digits).
+pub fn uuid() -> String {
+    let variant = ['8', '9', 'a', 'b'][fastrand::usize(..4)];
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        hex(8),
+        hex(4),
+        hex(3),
+        variant,
+        hex(3),
+        hex(12)
+    )
+}
+
+/// The X-Ray context of one invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// `1-<8 hex epoch seconds>-<24 hex>`.
+    pub root: String,
+    /// Parent span id (16 hex).
+    pub parent: String,
+    /// Span id of the invocation segment Lambda reports in `tracing.spanId` (16 hex).
+    pub span_id: String,
+    /// The full header value `Root=…;Parent=…;Sampled=1`.
+    pub header: String,
+}
+
+impl Trace {
+    /// A new sampled trace context, rooted at the current time.
+    pub fn new() -> Trace {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let root = format!("1-{:08x}-{}", secs & 0xffff_ffff, hex(24));
+        let parent = hex(16);
+        let header = format!("Root={root};Parent={parent};Sampled=1");
+        Trace {
+            root,
+            parent,
+            span_id: hex(16),
+            header,
+        }
+    }
+
+    /// The `tracing` object of platform events: `{spanId, type, value}`.
+    pub fn platform_json(&self) -> Value {
+        json!({"spanId": self.span_id, "type": "X-Amzn-Trace-Id", "value": self.header})
+    }
+
+    /// The `tracing` object of the INVOKE event: `{type, value}`.
+    pub fn invoke_json(&self) -> Value {
+        json!({"type": "X-Amzn-Trace-Id", "value": self.header})
+    }
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace::new()
+    }
+}
+
+/// A Telemetry API event `{"time", "type", "record"}`.
+pub fn event(ty: &str, time: SystemTime, record: Value) -> Value {
+    json!({"time": rfc3339(time), "type": ty, "record": record})
+}
+
+/// A `spans[]` element.
+pub fn span(name: &str, start: SystemTime, duration: Duration) -> Value {
+    json!({"name": name, "start": rfc3339(start), "durationMs": ms(duration)})
+}
+
+/// The category (subscription type) of an event type: `platform`, `function` or `extension`.
+pub fn category(ty: &str) -> &str {
+    if ty.starts_with("platform.") {
+        "platform"
+    } else {
+        ty
+    }
+}
+
+/// `platform.initStart`.
+pub fn init_start(
+    time: SystemTime,
+    initialization_type: &str,
+    function_name: &str,
+    function_version: &str,
+) -> Value {
+    event(
+        "platform.initStart",
+        time,
+        json!({
+            "initializationType": initialization_type,
+            "phase": "init",
+            "runtimeVersion": RUNTIME_VERSION,
+            "runtimeVersionArn": RUNTIME_VERSION_ARN,
+            "functionName": function_name,
+            "functionVersion": function_version,
+        }),
+    )
+}
+
+/// `platform.initRuntimeDone` (success).
+pub fn init_runtime_done(time: SystemTime, initialization_type: &str) -> Value {
+    event(
+        "platform.initRuntimeDone",
+        time,
+        json!({
+            "initializationType": initialization_type,
+            "phase": "init",
+            "status": "success",
+            "spans": [],
+        }),
+    )
+}
+
+/// `platform.initReport` (success).
+pub fn init_report(time: SystemTime, initialization_type: &str, duration: Duration) -> Value {
+    event(
+        "platform.initReport",
+        time,
+        json!({
+            "initializationType": initialization_type,
+            "phase": "init",
+            "status": "success",
+            "metrics": {"durationMs": ms(duration)},
+        }),
+    )
+}
+
+/// `platform.restoreStart` (SnapStart).
+pub fn restore_start(time: SystemTime) -> Value {
+    event(
+        "platform.restoreStart",
+        time,
+        json!({"runtimeVersion": RUNTIME_VERSION, "runtimeVersionArn": RUNTIME_VERSION_ARN}),
+    )
+}
+
+/// `platform.restoreRuntimeDone` (success).
+pub fn restore_runtime_done(time: SystemTime) -> Value {
+    event(
+        "platform.restoreRuntimeDone",
+        time,
+        json!({"status": "success", "spans": []}),
+    )
+}
+
+/// `platform.restoreReport` (success).
+pub fn restore_report(time: SystemTime, duration: Duration) -> Value {
+    event(
+        "platform.restoreReport",
+        time,
+        json!({"status": "success", "metrics": {"durationMs": ms(duration)}}),
+    )
+}
+
+/// `platform.extension`: an extension finished its init.
+pub fn platform_extension(time: SystemTime, name: &str, events: &[String]) -> Value {
+    event(
+        "platform.extension",
+        time,
+        json!({"name": name, "state": "Ready", "events": events}),
+    )
+}
+
+/// `platform.telemetrySubscription`.
+pub fn telemetry_subscription(time: SystemTime, name: &str, types: &[String]) -> Value {
+    event(
+        "platform.telemetrySubscription",
+        time,
+        json!({"name": name, "state": "Subscribed", "types": types}),
+    )
+}
+
+/// `platform.start`.
+pub fn platform_start(time: SystemTime, request_id: &str, trace: Option<&Trace>) -> Value {
+    let mut record = Map::new();
+    record.insert("requestId".into(), json!(request_id));
+    record.insert("version".into(), json!("$LATEST"));
+    if let Some(t) = trace {
+        record.insert("tracing".into(), t.platform_json());
+    }
+    event("platform.start", time, Value::Object(record))
+}
+
+/// A `function` log event in text format (the record is a string).
+pub fn function_text_log(time: SystemTime, request_id: &str, level: &str, message: &str) -> Value {
+    event(
+        "function",
+        time,
+        json!(format!(
+            "{}\t{request_id}\t{level}\t{message}\n",
+            rfc3339(time)
+        )),
+    )
+}
+
+/// A `function` log event in JSON format (the record is an object).
+pub fn function_json_log(time: SystemTime, request_id: &str, level: &str, message: &str) -> Value {
+    event(
+        "function",
+        time,
+        json!({
+            "timestamp": rfc3339(time),
+            "level": level,
+            "message": message,
+            "requestId": request_id,
+        }),
+    )
+}
+
+/// What happened in one invocation's runtime phase.
+#[derive(Debug, Clone)]
+pub struct RuntimeOutcome {
+    /// Request id.
+    pub request_id: String,
+    /// `success`, `error`, `failure` or `timeout`.
+    pub status: String,
+    /// Error type when the status is not `success`.
+    pub error_type: Option<String>,
+    /// When the runtime received the event.
+    pub start: SystemTime,
+    /// Runtime duration (INVOKE handed over → runtime done).
+    pub duration: Duration,
+    /// Bytes of the response.
+    pub produced_bytes: u64,
+    /// X-Ray context, when tracing is on.
+    pub trace: Option<Trace>,
+}
+
+impl RuntimeOutcome {
+    /// The runtime phase as `spans[]`: responseLatency, responseDuration, runtimeOverhead, back to
+    /// back, summing to the runtime duration. Empty for a timeout (no response was produced).
+    pub fn spans(&self) -> Vec<Value> {
+        if self.status == "timeout" {
+            return Vec::new();
+        }
+        let total = self.duration;
+        let response = Duration::from_micros(40 + fastrand::u64(..260)).min(total / 4);
+        let overhead = Duration::from_micros(100 + fastrand::u64(..900)).min(total / 4);
+        let latency = total.saturating_sub(response + overhead);
+        let t1 = self.start + latency;
+        let t2 = t1 + response;
+        vec![
+            span("responseLatency", self.start, latency),
+            span("responseDuration", t1, response),
+            span("runtimeOverhead", t2, overhead),
+        ]
+    }
+}
+
+/// `platform.runtimeDone`.
+pub fn runtime_done(time: SystemTime, o: &RuntimeOutcome) -> Value {
+    let mut record = Map::new();
+    record.insert("requestId".into(), json!(o.request_id));
+    record.insert("status".into(), json!(o.status));
+    if let Some(e) = &o.error_type {
+        record.insert("errorType".into(), json!(e));
+    }
+    let mut metrics = Map::new();
+    metrics.insert("durationMs".into(), json!(ms(o.duration)));
+    if o.status != "timeout" {
+        metrics.insert("producedBytes".into(), json!(o.produced_bytes));
+    }
+    record.insert("metrics".into(), Value::Object(metrics));
+    let spans = o.spans();
+    if !spans.is_empty() {
+        record.insert("spans".into(), Value::Array(spans));
+    }
+    if let Some(t) = &o.trace {
+        record.insert("tracing".into(), t.platform_json());
+    }
+    event("platform.runtimeDone", time, Value::Object(record))
+}
+
+/// The numbers of a `platform.report`.
+#[derive(Debug, Clone)]
+pub struct ReportArgs {
+    /// Total duration (runtime + extension overhead).
+    pub duration: Duration,
+    /// Configured memory.
+    pub memory_mb: u64,
+    /// Peak memory of the invocation.
+    pub max_memory_used_mb: u64,
+    /// Init duration, on the first invocation after an on-demand init.
+    pub init_duration: Option<Duration>,
+    /// Restore duration, on the first invocation after a SnapStart restore.
+    pub restore_duration: Option<Duration>,
+    /// When the extensions' overhead started (runtime done) and how long it was.
+    pub extension_overhead: Option<(SystemTime, Duration)>,
+}
+
+/// `platform.report`.
+pub fn report(time: SystemTime, o: &RuntimeOutcome, a: &ReportArgs) -> Value {
+    let mut record = Map::new();
+    record.insert("requestId".into(), json!(o.request_id));
+    record.insert("status".into(), json!(o.status));
+    if let Some(e) = &o.error_type {
+        record.insert("errorType".into(), json!(e));
+    }
+    let duration_ms = ms(a.duration);
+    let mut metrics = Map::new();
+    metrics.insert("durationMs".into(), json!(duration_ms));
+    metrics.insert("billedDurationMs".into(), json!(billed(duration_ms)));
+    metrics.insert("memorySizeMB".into(), json!(a.memory_mb));
+    metrics.insert("maxMemoryUsedMB".into(), json!(a.max_memory_used_mb));
+    if let Some(d) = a.init_duration {
+        metrics.insert("initDurationMs".into(), json!(ms(d)));
+    }
+    if let Some(d) = a.restore_duration {
+        let restore_ms = ms(d);
+        metrics.insert("restoreDurationMs".into(), json!(restore_ms));
+        metrics.insert("billedRestoreDurationMs".into(), json!(billed(restore_ms)));
+    }
+    record.insert("metrics".into(), Value::Object(metrics));
+    if let Some(t) = &o.trace {
+        record.insert("tracing".into(), t.platform_json());
+    }
+    if let Some((start, d)) = a.extension_overhead {
+        record.insert(
+            "spans".into(),
+            Value::Array(vec![span("extensionOverhead", start, d)]),
+        );
+    }
+    event("platform.report", time, Value::Object(record))
+}
+
+/// Billed milliseconds: the duration rounded up to the next whole millisecond.
+pub fn billed(duration_ms: f64) -> u64 {
+    // Durations are far below 2^53 ms; the float-to-int cast saturates anyway.
+    duration_ms.ceil().max(0.0) as u64
+}
+
+/// The INVOKE event of `/event/next`.
+pub fn invoke(
+    deadline_ms: u64,
+    request_id: &str,
+    function_name: &str,
+    trace: Option<&Trace>,
+) -> Value {
+    let mut ev = Map::new();
+    ev.insert("eventType".into(), json!("INVOKE"));
+    ev.insert("deadlineMs".into(), json!(deadline_ms));
+    ev.insert("requestId".into(), json!(request_id));
+    ev.insert(
+        "invokedFunctionArn".into(),
+        json!(function_arn(function_name)),
+    );
+    if let Some(t) = trace {
+        ev.insert("tracing".into(), t.invoke_json());
+    }
+    Value::Object(ev)
+}
+
+/// The SHUTDOWN event of `/event/next`.
+pub fn shutdown(deadline_ms: u64, reason: &str) -> Value {
+    json!({"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": deadline_ms})
+}
+
+/// `arn:aws:lambda:us-east-1:123456789012:function:<name>`.
+pub fn function_arn(function_name: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{function_name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_right_shape() {
+        let id = uuid();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        let t = Trace::new();
+        assert!(t.header.starts_with("Root=1-"));
+        assert_eq!(t.root.len(), 2 + 8 + 1 + 24);
+        assert!(t.header.ends_with(";Sampled=1"));
+        assert_eq!(t.span_id.len(), 16);
+    }
+
+    #[test]
+    fn spans_sum_to_the_runtime_duration() {
+        let o = RuntimeOutcome {
+            request_id: uuid(),
+            status: "success".into(),
+            error_type: None,
+            start: SystemTime::now(),
+            duration: Duration::from_millis(8),
+            produced_bytes: 10,
+            trace: None,
+        };
+        let spans = o.spans();
+        let total: f64 = spans.iter().filter_map(|s| s["durationMs"].as_f64()).sum();
+        assert!((total - 8.0).abs() < 0.01, "{total}");
+        let ev = runtime_done(SystemTime::now(), &o);
+        assert_eq!(ev["type"], "platform.runtimeDone");
+        assert_eq!(ev["record"]["metrics"]["durationMs"], 8.0);
+        assert!(ev["record"].get("tracing").is_none());
+    }
+
+    #[test]
+    fn time_is_rfc3339_millis() {
+        let ev = event("function", UNIX_EPOCH, json!("x"));
+        assert_eq!(ev["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(billed(1.0001), 2);
+        assert_eq!(billed(3.0), 3);
+    }
+}

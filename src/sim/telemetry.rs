@@ -1,0 +1,491 @@
+//! Lambda's side of the Telemetry API: the buffer every generated event goes into, and the task that
+//! delivers it in batches to the subscribed destination, honouring the subscription's buffering
+//! limits (maxItems, maxBytes, timeoutMs) the way Lambda does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::events;
+use super::TelemetryPost;
+
+/// Retries after a failed POST (so 1 + this many attempts per batch).
+pub const RETRIES: u32 = 3;
+/// Pause between two attempts of the same batch.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a successful `PUT /telemetry` asked for.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Destination URI, as given.
+    pub uri: String,
+    /// Subscribed categories: `platform`, `function`, `extension`.
+    pub types: Vec<String>,
+    /// Buffering: maxItems.
+    pub max_items: usize,
+    /// Buffering: maxBytes.
+    pub max_bytes: usize,
+    /// Buffering: timeoutMs.
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub value: Value,
+    pub event_type: String,
+    pub raw: Vec<u8>,
+    pub emitted_at: Instant,
+    pub delivered_at: Option<Instant>,
+    /// Of a subscribed type (or emitted while nobody was subscribed yet).
+    pub eligible: bool,
+    pub dropped: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: Vec<Entry>,
+    /// Indices of eligible entries not yet taken by a batch, in emission order.
+    queue: VecDeque<usize>,
+    sub: Option<Subscription>,
+    subscribed_at: Option<Instant>,
+    posts: Vec<TelemetryPost>,
+    force: bool,
+    in_flight: bool,
+    /// The sandbox is frozen: no new POST starts (one in flight just hangs until the thaw).
+    paused: bool,
+    stopped: bool,
+}
+
+/// The event buffer shared by the driver, the control plane and the delivery task.
+#[derive(Debug, Default)]
+pub(crate) struct TelemetryHub {
+    inner: Mutex<Inner>,
+    notify: Notify,
+}
+
+enum Next {
+    Send(Vec<usize>, String),
+    WaitUntil(Instant),
+    Wait,
+    Stop,
+}
+
+impl TelemetryHub {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Buffers one event (already shaped like the AWS schema).
+    pub fn emit(&self, value: Value) {
+        let event_type = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let raw = serde_json::to_vec(&value).unwrap_or_default();
+        let mut inner = self.lock();
+        let eligible = match &inner.sub {
+            Some(sub) => sub.types.iter().any(|t| t == events::category(&event_type)),
+            None => true,
+        };
+        let index = inner.entries.len();
+        inner.entries.push(Entry {
+            value,
+            event_type,
+            raw,
+            emitted_at: Instant::now(),
+            delivered_at: None,
+            eligible,
+            dropped: false,
+        });
+        if eligible {
+            inner.queue.push_back(index);
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Starts (or replaces) the subscription: from now on, events go to `sub.uri`. Events of
+    /// types the subscription does not ask for are left out of the stream.
+    pub fn subscribe(&self, sub: Subscription) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        for e in inner.entries.iter_mut() {
+            if e.delivered_at.is_none() && !e.dropped {
+                e.eligible = sub
+                    .types
+                    .iter()
+                    .any(|t| t == events::category(&e.event_type));
+            }
+        }
+        let entries = &inner.entries;
+        inner.queue.retain(|&i| entries[i].eligible);
+        inner.sub = Some(sub);
+        inner.subscribed_at = Some(Instant::now());
+        self.notify.notify_one();
+    }
+
+    /// Asks the delivery task to send whatever is buffered now, regardless of the buffering limits.
+    pub fn force_flush(&self) {
+        self.lock().force = true;
+        self.notify.notify_one();
+    }
+
+    /// Forces delivery and waits until the buffer is empty and no POST is in flight, or `timeout`.
+    /// Returns whether the buffer was drained.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        self.force_flush();
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let inner = self.lock();
+                if inner.sub.is_none() {
+                    return false;
+                }
+                if inner.queue.is_empty() && !inner.in_flight {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Pauses (frozen sandbox) or resumes delivery.
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.notify.notify_one();
+    }
+
+    /// Stops the delivery task at its next step.
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+        self.notify.notify_one();
+    }
+
+    /// Takes the recorded state out (for the report).
+    pub fn take(&self) -> (Vec<Entry>, Vec<TelemetryPost>) {
+        let mut inner = self.lock();
+        (
+            std::mem::take(&mut inner.entries),
+            std::mem::take(&mut inner.posts),
+        )
+    }
+
+    fn next_step(&self) -> Next {
+        let mut inner = self.lock();
+        if inner.stopped {
+            return Next::Stop;
+        }
+        if inner.paused {
+            return Next::Wait;
+        }
+        let Some(sub) = inner.sub.clone() else {
+            return Next::Wait;
+        };
+        let Some(&head) = inner.queue.front() else {
+            inner.force = false;
+            return Next::Wait;
+        };
+        let subscribed_at = inner.subscribed_at.unwrap_or_else(Instant::now);
+        let started = inner.entries[head].emitted_at.max(subscribed_at);
+        let due = started + sub.timeout;
+
+        // Count what is buffered, up to the point where a limit is reached.
+        let mut take = 0usize;
+        let mut bytes = 0usize;
+        let mut full = false;
+        for &i in inner.queue.iter() {
+            take += 1;
+            bytes += inner.entries[i].raw.len();
+            if take >= sub.max_items || bytes >= sub.max_bytes {
+                full = true;
+                break;
+            }
+        }
+        if !(full || inner.force || Instant::now() >= due) {
+            return Next::WaitUntil(due);
+        }
+        let batch: Vec<usize> = inner.queue.drain(..take).collect();
+        inner.in_flight = true;
+        Next::Send(batch, sub.uri)
+    }
+
+    fn body(&self, batch: &[usize]) -> Vec<u8> {
+        let inner = self.lock();
+        let mut body = Vec::with_capacity(
+            2 + batch
+                .iter()
+                .map(|&i| inner.entries[i].raw.len() + 1)
+                .sum::<usize>(),
+        );
+        body.push(b'[');
+        for (n, &i) in batch.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&inner.entries[i].raw);
+        }
+        body.push(b']');
+        body
+    }
+
+    fn record_post(&self, post: TelemetryPost) {
+        self.lock().posts.push(post);
+    }
+
+    fn finish_batch(&self, batch: &[usize], delivered_at: Option<Instant>) {
+        let mut inner = self.lock();
+        for &i in batch {
+            match delivered_at {
+                Some(at) => inner.entries[i].delivered_at = Some(at),
+                None => inner.entries[i].dropped = true,
+            }
+        }
+        inner.in_flight = false;
+    }
+}
+
+/// The delivery task: sequential POSTs of JSON arrays to the subscribed destination.
+pub(crate) async fn deliver(
+    hub: Arc<TelemetryHub>,
+    client: reqwest::Client,
+    post_timeout: Duration,
+) {
+    loop {
+        let notified = hub.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (batch, uri) = match hub.next_step() {
+            Next::Stop => return,
+            Next::Wait => {
+                notified.await;
+                continue;
+            }
+            Next::WaitUntil(due) => {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+                continue;
+            }
+            Next::Send(batch, uri) => (batch, uri),
+        };
+        let body = hub.body(&batch);
+        let mut delivered_at = None;
+        for attempt in 0..=RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+            let sent_at = Instant::now();
+            let result = client
+                .post(&uri)
+                .header("content-type", "application/json")
+                .timeout(post_timeout)
+                .body(body.clone())
+                .send()
+                .await;
+            let answered_at = Instant::now();
+            let (status, error) = match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    // Read the body so the connection can be reused; its content does not matter.
+                    let _ = resp.bytes().await;
+                    (Some(status.as_u16()), None)
+                }
+                Err(e) => (None, Some(error_chain(&e))),
+            };
+            let ok = status.is_some_and(|s| (200..300).contains(&s));
+            hub.record_post(TelemetryPost {
+                events: batch.len(),
+                bytes: body.len(),
+                attempt: attempt + 1,
+                status,
+                error,
+                sent_at,
+                answered_at,
+            });
+            if ok {
+                delivered_at = Some(answered_at);
+                break;
+            }
+        }
+        hub.finish_batch(&batch, delivered_at);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Behaviour, RecordingEndpoint};
+    use serde_json::json;
+
+    fn sub(uri: String, types: &[&str], max_items: usize, timeout_ms: u64) -> Subscription {
+        Subscription {
+            uri,
+            types: types.iter().map(|s| s.to_string()).collect(),
+            max_items,
+            max_bytes: 262_144,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    fn ev(ty: &str, n: usize) -> Value {
+        json!({"time": "2024-01-01T00:00:00.000Z", "type": ty, "record": {"n": n}})
+    }
+
+    async fn setup(
+        behaviour: Behaviour,
+    ) -> Result<(Arc<TelemetryHub>, RecordingEndpoint, JoinGuard), String> {
+        let ep = RecordingEndpoint::start(behaviour)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hub = Arc::new(TelemetryHub::default());
+        let client = crate::sim::driver::http_client().map_err(|e| e.to_string())?;
+        let task = tokio::spawn(deliver(hub.clone(), client, Duration::from_secs(5)));
+        Ok((hub, ep, JoinGuard(task)))
+    }
+
+    struct JoinGuard(tokio::task::JoinHandle<()>);
+    impl Drop for JoinGuard {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_timeout_then_sends_one_batch() -> Result<(), String> {
+        let (hub, ep, _g) = setup(Behaviour::ok()).await?;
+        hub.emit(ev("platform.initStart", 0));
+        hub.emit(ev("function", 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(ep.requests().is_empty(), "nothing before subscription");
+        let t0 = Instant::now();
+        hub.subscribe(sub(ep.url(), &["platform", "function"], 1000, 100));
+        hub.emit(ev("platform.start", 2));
+        assert!(ep.wait_for_requests(1, Duration::from_secs(2)).await);
+        let reqs = ep.requests();
+        assert!(reqs[0].arrived_at.duration_since(t0) >= Duration::from_millis(95));
+        assert_eq!(reqs[0].header("content-type"), Some("application/json"));
+        assert_eq!(
+            ep.received_events(),
+            vec![
+                ev("platform.initStart", 0),
+                ev("function", 1),
+                ev("platform.start", 2)
+            ]
+        );
+        let (entries, posts) = hub.take();
+        assert!(entries.iter().all(|e| e.delivered_at.is_some()));
+        assert_eq!(posts.len(), 1);
+        assert_eq!(posts[0].status, Some(200));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn max_items_cuts_batches() -> Result<(), String> {
+        let (hub, ep, _g) = setup(Behaviour::ok()).await?;
+        hub.subscribe(sub(ep.url(), &["platform"], 1000, 30_000));
+        for n in 0..2500 {
+            hub.emit(ev("platform.start", n));
+        }
+        assert!(ep.wait_for_requests(2, Duration::from_secs(5)).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sizes: Vec<usize> = ep
+            .requests()
+            .iter()
+            .filter_map(|r| r.body_json())
+            .filter_map(|v| v.as_array().map(Vec::len))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![1000, 1000],
+            "the rest waits for the 30 s timeout"
+        );
+        assert!(hub.flush(Duration::from_secs(5)).await);
+        assert_eq!(ep.received_events().len(), 2500);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unsubscribed_types_are_left_out() -> Result<(), String> {
+        let (hub, ep, _g) = setup(Behaviour::ok()).await?;
+        hub.emit(ev("function", 0));
+        hub.emit(ev("platform.initStart", 1));
+        hub.subscribe(sub(ep.url(), &["platform"], 1000, 25));
+        hub.emit(ev("function", 2));
+        hub.emit(ev("platform.start", 3));
+        assert!(hub.flush(Duration::from_secs(2)).await);
+        assert_eq!(
+            ep.received_events(),
+            vec![ev("platform.initStart", 1), ev("platform.start", 3)]
+        );
+        let (entries, _) = hub.take();
+        let eligible: Vec<bool> = entries.iter().map(|e| e.eligible).collect();
+        assert_eq!(eligible, vec![false, true, false, true]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn retries_then_drops() -> Result<(), String> {
+        let (hub, ep, _g) = setup(Behaviour::fail_first(2, 500)).await?;
+        hub.subscribe(sub(ep.url(), &["platform"], 1000, 25));
+        hub.emit(ev("platform.start", 0));
+        assert!(hub.flush(Duration::from_secs(2)).await);
+        ep.set_behaviour(Behaviour::always(503));
+        hub.emit(ev("platform.start", 1));
+        assert!(hub.flush(Duration::from_secs(2)).await);
+        let (entries, posts) = hub.take();
+        let statuses: Vec<Option<u16>> = posts.iter().map(|p| p.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                Some(500),
+                Some(500),
+                Some(200),
+                Some(503),
+                Some(503),
+                Some(503),
+                Some(503)
+            ]
+        );
+        assert!(entries[0].delivered_at.is_some());
+        assert!(entries[1].delivered_at.is_none() && entries[1].dropped);
+        assert_eq!(ep.received_events(), vec![ev("platform.start", 0)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn connection_errors_are_recorded() -> Result<(), String> {
+        let (hub, ep, _g) = setup(Behaviour::ok()).await?;
+        let url = ep.url();
+        drop(ep);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        hub.subscribe(sub(url, &["platform"], 1000, 25));
+        hub.emit(ev("platform.start", 0));
+        assert!(hub.flush(Duration::from_secs(3)).await);
+        let (entries, posts) = hub.take();
+        assert_eq!(posts.len(), 1 + RETRIES as usize);
+        assert!(posts
+            .iter()
+            .all(|p| p.status.is_none() && p.error.is_some()));
+        assert!(entries[0].dropped);
+        Ok(())
+    }
+}

@@ -1,0 +1,512 @@
+//! The OpenTelemetry sink: spans, metrics and logs over OTLP/HTTP.
+//!
+//! Events are mapped as they are flushed ([`mapping`]); spans and log records wait in bounded
+//! buffers until an export succeeds, metrics are aggregated by the SDK and collected at every
+//! flush point (a `ManualReader`: no background thread, nothing runs while Lambda is frozen).
+//! The opentelemetry-otlp exporters encode; [`transport`] sends within the flush deadline.
+
+pub mod mapping;
+pub mod transport;
+pub mod xray;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::logs::LoggerProvider as _;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{Compression, Protocol, RetryPolicy, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLoggerProvider};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, SdkMeterProvider};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use opentelemetry_sdk::Resource;
+use tokio::time::Instant;
+
+use crate::config::{OtlpConfig, OtlpProtocol, Pricing, SignalConfig, Temporality};
+use crate::event::Event;
+use crate::lifecycle::Registration;
+use crate::pipeline::{BoxFuture, FlushContext, FlushReason, InvokeInfo, Sink};
+use crate::sinks::http::LazyClient;
+use mapping::Mapper;
+use transport::{DeadlineClient, Outcome, SharedClient};
+
+/// Spans and log records kept for retry at most; beyond this the oldest are dropped and counted.
+const MAX_PENDING_SPANS: usize = 20_000;
+const MAX_PENDING_LOGS: usize = 20_000;
+/// Delta-temporality collections kept for retry (a cumulative one is superseded by the next).
+const MAX_PENDING_METRICS: usize = 32;
+/// Per OTLP request.
+const MAX_SPANS_PER_EXPORT: usize = 2_000;
+const MAX_LOGS_PER_EXPORT: usize = 2_000;
+
+/// Everything the resource is made of, from the environment and registration.
+#[derive(Debug, Clone, Default)]
+pub struct FunctionIdentity {
+    pub function_name: Option<String>,
+    pub function_version: Option<String>,
+    pub region: Option<String>,
+    pub account_id: Option<String>,
+    pub log_stream: Option<String>,
+    pub log_group: Option<String>,
+    pub memory_mb: Option<u64>,
+}
+
+impl FunctionIdentity {
+    pub fn from_env(registration: &Registration) -> FunctionIdentity {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        FunctionIdentity {
+            function_name: registration
+                .function_name
+                .clone()
+                .or_else(|| env("AWS_LAMBDA_FUNCTION_NAME")),
+            function_version: registration
+                .function_version
+                .clone()
+                .or_else(|| env("AWS_LAMBDA_FUNCTION_VERSION")),
+            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+            account_id: registration.account_id.clone(),
+            log_stream: env("AWS_LAMBDA_LOG_STREAM_NAME"),
+            log_group: env("AWS_LAMBDA_LOG_GROUP_NAME"),
+            memory_mb: env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok()),
+        }
+    }
+}
+
+/// The OTel resource: FaaS conventions, then `OTEL_RESOURCE_ATTRIBUTES`, then `service.name`.
+pub fn build_resource(identity: &FunctionIdentity, config: &OtlpConfig) -> Resource {
+    let mut attributes = vec![
+        KeyValue::new("cloud.provider", "aws"),
+        KeyValue::new("cloud.platform", "aws_lambda"),
+    ];
+    let mut add = |key: &'static str, value: &Option<String>| {
+        if let Some(v) = value {
+            attributes.push(KeyValue::new(key, v.clone()));
+        }
+    };
+    add("cloud.region", &identity.region);
+    add("cloud.account.id", &identity.account_id);
+    add("faas.name", &identity.function_name);
+    add("faas.version", &identity.function_version);
+    add("faas.instance", &identity.log_stream);
+    if let Some(group) = &identity.log_group {
+        attributes.push(KeyValue::new(
+            "aws.log.group.names",
+            opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(group.clone())].into()),
+        ));
+    }
+    if let Some(mb) = identity.memory_mb {
+        attributes.push(KeyValue::new("faas.max_memory", (mb * 1024 * 1024) as i64));
+    }
+    let from_env = config
+        .resource_attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    let service_name = config
+        .service_name
+        .clone()
+        .or_else(|| {
+            config
+                .resource_attributes
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .or_else(|| identity.function_name.clone())
+        .unwrap_or_else(|| "unknown_service".into());
+    Resource::builder_empty()
+        .with_attributes(attributes)
+        .with_attributes(from_env)
+        .with_service_name(service_name)
+        .build()
+}
+
+/// Shares the SDK's manual reader between the meter provider and the flush path.
+#[derive(Debug, Clone)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self, kind: InstrumentKind) -> opentelemetry_sdk::metrics::Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// Counters of the sink's own work.
+#[derive(Debug, Default)]
+pub struct OtlpStats {
+    pub spans_exported: AtomicU64,
+    pub metric_exports: AtomicU64,
+    pub logs_exported: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    pub logs_dropped: AtomicU64,
+    pub export_failures: AtomicU64,
+}
+
+struct Exporters {
+    traces: Option<(opentelemetry_otlp::SpanExporter, Arc<DeadlineClient>)>,
+    metrics: Option<(opentelemetry_otlp::MetricExporter, Arc<DeadlineClient>)>,
+    logs: Option<(opentelemetry_otlp::LogExporter, Arc<DeadlineClient>)>,
+}
+
+pub struct OtlpSink {
+    config: OtlpConfig,
+    resource: Resource,
+    scope: InstrumentationScope,
+    mapper: Mutex<Mapper>,
+    reader: Arc<ManualReader>,
+    _meter_provider: SdkMeterProvider,
+    _logger_provider: Option<SdkLoggerProvider>,
+    http: Arc<LazyClient>,
+    exporters: OnceLock<Result<Exporters, String>>,
+    spans: Mutex<VecDeque<SpanData>>,
+    logs: Mutex<VecDeque<SdkLogRecord>>,
+    metrics: Mutex<VecDeque<ResourceMetrics>>,
+    stats: OtlpStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl OtlpSink {
+    pub fn new(config: OtlpConfig, identity: &FunctionIdentity, pricing: Pricing) -> OtlpSink {
+        let resource = build_resource(identity, &config);
+        let scope = InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let temporality = match config.temporality {
+            Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
+            Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
+        };
+        let reader = Arc::new(ManualReader::builder().with_temporality(temporality).build());
+        let meter_provider = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(SharedReader(reader.clone()))
+            .build();
+        let meter = meter_provider.meter_with_scope(scope.clone());
+        let logger_provider = config.logs.as_ref().map(|_| {
+            SdkLoggerProvider::builder()
+                .with_resource(resource.clone())
+                .build()
+        });
+        let logger = logger_provider
+            .as_ref()
+            .map(|p| p.logger_with_scope(scope.clone()));
+        let function_name = identity
+            .function_name
+            .clone()
+            .unwrap_or_else(|| "lambda".into());
+        OtlpSink {
+            mapper: Mutex::new(Mapper::new(function_name, scope.clone(), &meter, logger, pricing)),
+            config,
+            resource,
+            scope,
+            reader,
+            _meter_provider: meter_provider,
+            _logger_provider: logger_provider,
+            http: Arc::new(LazyClient::new()),
+            exporters: OnceLock::new(),
+            spans: Mutex::new(VecDeque::new()),
+            logs: Mutex::new(VecDeque::new()),
+            metrics: Mutex::new(VecDeque::new()),
+            stats: OtlpStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &OtlpStats {
+        &self.stats
+    }
+
+    fn exporters(&self) -> Result<&Exporters, &str> {
+        self.exporters
+            .get_or_init(|| self.build_exporters())
+            .as_ref()
+            .map_err(|e| e.as_str())
+    }
+
+    fn build_exporters(&self) -> Result<Exporters, String> {
+        fn http_config<B: WithHttpConfig + WithExportConfig>(
+            builder: B,
+            signal: &SignalConfig,
+            http: &Arc<LazyClient>,
+        ) -> (B, Arc<DeadlineClient>) {
+            let client = DeadlineClient::new(http.clone(), signal.timeout);
+            let headers: HashMap<String, String> = signal.headers.iter().cloned().collect();
+            let builder = builder
+                .with_endpoint(signal.endpoint.as_str())
+                .with_protocol(match signal.protocol {
+                    OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+                    OtlpProtocol::HttpJson => Protocol::HttpJson,
+                })
+                .with_timeout(signal.timeout)
+                .with_headers(headers)
+                .with_retry_policy(RetryPolicy::disabled())
+                .with_http_client(SharedClient(client.clone()));
+            let builder = if signal.gzip {
+                builder.with_compression(Compression::Gzip)
+            } else {
+                builder
+            };
+            (builder, client)
+        }
+        let traces = match &self.config.traces {
+            Some(signal) => {
+                let (builder, client) =
+                    http_config(opentelemetry_otlp::SpanExporter::builder().with_http(), signal, &self.http);
+                let mut exporter = builder.build().map_err(|e| format!("traces exporter: {e}"))?;
+                exporter.set_resource(&self.resource);
+                Some((exporter, client))
+            }
+            None => None,
+        };
+        let metrics = match &self.config.metrics {
+            Some(signal) => {
+                let temporality = match self.config.temporality {
+                    Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
+                    Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
+                };
+                let (builder, client) = http_config(
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_http()
+                        .with_temporality(temporality),
+                    signal,
+                    &self.http,
+                );
+                let exporter = builder.build().map_err(|e| format!("metrics exporter: {e}"))?;
+                Some((exporter, client))
+            }
+            None => None,
+        };
+        let logs = match &self.config.logs {
+            Some(signal) => {
+                let (builder, client) =
+                    http_config(opentelemetry_otlp::LogExporter::builder().with_http(), signal, &self.http);
+                let mut exporter = builder.build().map_err(|e| format!("logs exporter: {e}"))?;
+                exporter.set_resource(&self.resource);
+                Some((exporter, client))
+            }
+            None => None,
+        };
+        Ok(Exporters {
+            traces,
+            metrics,
+            logs,
+        })
+    }
+
+    /// Maps the new events; at shutdown also closes what never ended.
+    fn map(&self, events: &[Event], reason: FlushReason) {
+        let mut mapper = lock(&self.mapper);
+        for event in events {
+            mapper.map(event);
+        }
+        if reason == FlushReason::Shutdown {
+            mapper.finish(SystemTime::now());
+        }
+        let mapped = mapper.take();
+        drop(mapper);
+        if self.config.traces.is_some() {
+            let dropped = push_bounded(&mut lock(&self.spans), mapped.spans, MAX_PENDING_SPANS);
+            if dropped > 0 {
+                self.stats.spans_dropped.fetch_add(dropped, Ordering::Relaxed);
+                tracing::warn!(dropped, "OTLP: span buffer full; oldest spans dropped");
+            }
+        }
+        if self.config.logs.is_some() {
+            let dropped = push_bounded(&mut lock(&self.logs), mapped.logs, MAX_PENDING_LOGS);
+            if dropped > 0 {
+                self.stats.logs_dropped.fetch_add(dropped, Ordering::Relaxed);
+                tracing::warn!(dropped, "OTLP: log buffer full; oldest records dropped");
+            }
+        }
+        if self.config.metrics.is_some() {
+            let mut rm = ResourceMetrics::default();
+            match self.reader.collect(&mut rm) {
+                Ok(()) if rm.scope_metrics().any(|s| s.metrics().next().is_some()) => {
+                    let mut pending = lock(&self.metrics);
+                    if self.config.temporality == Temporality::Cumulative {
+                        pending.clear(); // the new collection includes everything before it
+                    }
+                    if pending.len() == MAX_PENDING_METRICS {
+                        pending.pop_front();
+                        tracing::warn!("OTLP: metric backlog full; oldest collection dropped");
+                    }
+                    pending.push_back(rm);
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "OTLP: metric collection failed"),
+            }
+        }
+    }
+
+    async fn export_spans(&self, deadline: Instant) {
+        let Ok(Exporters { traces: Some((exporter, client)), .. }) = self.exporters() else {
+            return;
+        };
+        loop {
+            let batch: Vec<SpanData> = lock(&self.spans).iter().take(MAX_SPANS_PER_EXPORT).cloned().collect();
+            if batch.is_empty() {
+                return;
+            }
+            let n = batch.len();
+            client.set_deadline(deadline);
+            let result = exporter.export(batch).await;
+            if !self.settle("traces", result, client.take_outcome(), n, &self.spans, &self.stats.spans_exported) {
+                return;
+            }
+        }
+    }
+
+    async fn export_logs(&self, deadline: Instant) {
+        let Ok(Exporters { logs: Some((exporter, client)), .. }) = self.exporters() else {
+            return;
+        };
+        loop {
+            let batch: Vec<SdkLogRecord> = lock(&self.logs).iter().take(MAX_LOGS_PER_EXPORT).cloned().collect();
+            if batch.is_empty() {
+                return;
+            }
+            let n = batch.len();
+            let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                batch.iter().map(|r| (r, &self.scope)).collect();
+            client.set_deadline(deadline);
+            let result = exporter.export(LogBatch::new(&pairs)).await;
+            if !self.settle("logs", result, client.take_outcome(), n, &self.logs, &self.stats.logs_exported) {
+                return;
+            }
+        }
+    }
+
+    async fn export_metrics(&self, deadline: Instant) {
+        let Ok(Exporters { metrics: Some((exporter, client)), .. }) = self.exporters() else {
+            return;
+        };
+        loop {
+            // Export the oldest collection in place (ResourceMetrics is not Clone).
+            let Some(rm) = lock(&self.metrics).pop_front() else {
+                return;
+            };
+            client.set_deadline(deadline);
+            let result = exporter.export(&rm).await;
+            match (result, client.take_outcome()) {
+                (Ok(()), _) => {
+                    self.stats.metric_exports.fetch_add(1, Ordering::Relaxed);
+                }
+                (Err(e), Some(Outcome::Rejected(status))) => {
+                    self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(status, endpoint = %self.endpoint("metrics"), error = %e, "OTLP metrics rejected; dropped");
+                }
+                (Err(e), _) => {
+                    self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %self.endpoint("metrics"), error = %e, "OTLP metrics not delivered; kept for the next flush");
+                    let mut pending = lock(&self.metrics);
+                    if self.config.temporality == Temporality::Delta || pending.is_empty() {
+                        pending.push_front(rm);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn endpoint(&self, signal: &str) -> String {
+        let config = match signal {
+            "traces" => &self.config.traces,
+            "metrics" => &self.config.metrics,
+            _ => &self.config.logs,
+        };
+        config
+            .as_ref()
+            .map(|s| crate::config::redact_url(&s.endpoint))
+            .unwrap_or_default()
+    }
+
+    /// Books one export's result against a pending buffer; true to continue with the next batch.
+    fn settle<T>(
+        &self,
+        signal: &str,
+        result: OTelSdkResult,
+        outcome: Option<Outcome>,
+        n: usize,
+        pending: &Mutex<VecDeque<T>>,
+        exported: &AtomicU64,
+    ) -> bool {
+        match (result, outcome) {
+            (Ok(()), _) => {
+                lock(pending).drain(..n);
+                exported.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::debug!(signal, items = n, "OTLP export delivered");
+                true
+            }
+            (Err(e), Some(Outcome::Rejected(status))) => {
+                lock(pending).drain(..n);
+                self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(signal, status, endpoint = %self.endpoint(signal), items = n, error = %e, "OTLP export rejected; batch dropped (not retried)");
+                true
+            }
+            (Err(e), _) => {
+                self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(signal, endpoint = %self.endpoint(signal), items = n, error = %e, "OTLP export failed; kept for the next flush");
+                false
+            }
+        }
+    }
+
+    async fn deliver(&self, events: &[Event], ctx: FlushContext<'_>) {
+        self.map(events, ctx.reason);
+        // Mapped events are this sink's to keep from here on (in its own bounded buffers).
+        ctx.mark_done(events.len());
+        if let Err(e) = self.exporters() {
+            tracing::error!(error = e, "OTLP exporters could not be built; nothing is exported");
+            return;
+        }
+        tokio::join!(
+            self.export_spans(ctx.deadline),
+            self.export_metrics(ctx.deadline),
+            self.export_logs(ctx.deadline)
+        );
+    }
+
+    /// True when something is still waiting for export.
+    pub fn has_backlog(&self) -> bool {
+        !lock(&self.spans).is_empty() || !lock(&self.logs).is_empty() || !lock(&self.metrics).is_empty()
+    }
+}
+
+fn push_bounded<T>(buffer: &mut VecDeque<T>, items: Vec<T>, max: usize) -> u64 {
+    buffer.extend(items);
+    let excess = buffer.len().saturating_sub(max);
+    buffer.drain(..excess);
+    excess as u64
+}
+
+impl Sink for OtlpSink {
+    fn name(&self) -> &'static str {
+        "otlp"
+    }
+
+    fn note_invoke(&self, info: &InvokeInfo) {
+        lock(&self.mapper).note_invoke(info);
+    }
+
+    fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(self.deliver(events, ctx))
+    }
+}
