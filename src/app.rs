@@ -106,12 +106,28 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         Some(otlp) => {
             let identity = FunctionIdentity::from_env(&registration);
             tracing::info!(
-                traces = otlp.traces.as_ref().map(|s| redact_url(&s.endpoint)).unwrap_or_else(|| "off".into()),
-                metrics = otlp.metrics.as_ref().map(|s| redact_url(&s.endpoint)).unwrap_or_else(|| "off".into()),
-                logs = otlp.logs.as_ref().map(|s| redact_url(&s.endpoint)).unwrap_or_else(|| "off".into()),
+                traces = otlp
+                    .traces
+                    .as_ref()
+                    .map(|s| redact_url(&s.endpoint))
+                    .unwrap_or_else(|| "off".into()),
+                metrics = otlp
+                    .metrics
+                    .as_ref()
+                    .map(|s| redact_url(&s.endpoint))
+                    .unwrap_or_else(|| "off".into()),
+                logs = otlp
+                    .logs
+                    .as_ref()
+                    .map(|s| redact_url(&s.endpoint))
+                    .unwrap_or_else(|| "off".into()),
                 "OTLP sink enabled"
             );
-            sinks.push(Arc::new(OtlpSink::new(otlp.clone(), &identity, config.pricing)));
+            sinks.push(Arc::new(OtlpSink::new(
+                otlp.clone(),
+                &identity,
+                config.pricing,
+            )));
         }
         None => tracing::info!(
             "no OTEL_EXPORTER_OTLP_*ENDPOINT set (or OTEL_SDK_DISABLED=true): OTLP output is off"
@@ -257,8 +273,7 @@ impl Bridge {
         if self.waits_for_runtime_done() {
             // A timed-out invoke's runtimeDone is emitted at the deadline; allow the flush
             // timeout beyond it for its delivery.
-            let wait_until = instant_at_epoch_ms(deadline_ms)
-                .unwrap_or_else(Instant::now)
+            let wait_until = instant_at_epoch_ms(deadline_ms).unwrap_or_else(Instant::now)
                 + self.config.flush_timeout;
             let arrived = tokio::time::timeout_at(
                 wait_until,
@@ -267,7 +282,10 @@ impl Bridge {
             .await
             .is_ok_and(|r| r.is_ok());
             if !arrived {
-                tracing::warn!(request_id, "runtimeDone did not arrive by the invoke's deadline; flushing what is here");
+                tracing::warn!(
+                    request_id,
+                    "runtimeDone did not arrive by the invoke's deadline; flushing what is here"
+                );
             }
         }
         let waited = started.elapsed();
@@ -341,12 +359,10 @@ impl Bridge {
         if let (true, Some(last)) = (self.waits_for_runtime_done(), self.last_request.clone()) {
             // Keep at least half of the budget for the flush itself.
             let wait_until = received + hard_deadline.duration_since(received) / 2;
-            let arrived = tokio::time::timeout_at(
-                wait_until,
-                self.progress.wait_for(|p| p.reported(&last)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
+            let arrived =
+                tokio::time::timeout_at(wait_until, self.progress.wait_for(|p| p.reported(&last)))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
             if !arrived {
                 tracing::warn!(
                     request_id = last,
@@ -364,7 +380,10 @@ impl Bridge {
         }
         let pending = self.pipeline.pending();
         if pending > 0 {
-            tracing::warn!(pending, "shutdown: events not delivered before the deadline");
+            tracing::warn!(
+                pending,
+                "shutdown: events not delivered before the deadline"
+            );
         }
         tracing::info!(
             elapsed_ms = received.elapsed().as_millis() as u64,

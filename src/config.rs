@@ -65,7 +65,10 @@ impl fmt::Debug for DispatchConfig {
         f.debug_struct("DispatchConfig")
             .field("uri", &redact_url(&self.uri))
             .field("min_batch_size", &self.min_batch_size)
-            .field("headers", &format_args!("[{} redacted]", self.headers.len()))
+            .field(
+                "headers",
+                &format_args!("[{} redacted]", self.headers.len()),
+            )
             .finish()
     }
 }
@@ -152,7 +155,10 @@ impl fmt::Debug for SignalConfig {
         f.debug_struct("SignalConfig")
             .field("endpoint", &redact_url(&self.endpoint))
             .field("protocol", &self.protocol)
-            .field("headers", &format_args!("[{} redacted]", self.headers.len()))
+            .field(
+                "headers",
+                &format_args!("[{} redacted]", self.headers.len()),
+            )
             .field("gzip", &self.gzip)
             .field("timeout", &self.timeout)
             .finish()
@@ -377,8 +383,18 @@ impl Config {
                 .as_deref()
                 .unwrap_or(std::env::consts::ARCH),
         );
-        pricing.per_gb_second = price(&get, &mut issues, "BRIDGE_PRICE_GB_SECOND", pricing.per_gb_second);
-        pricing.per_request = price(&get, &mut issues, "BRIDGE_PRICE_REQUEST", pricing.per_request);
+        pricing.per_gb_second = price(
+            &get,
+            &mut issues,
+            "BRIDGE_PRICE_GB_SECOND",
+            pricing.per_gb_second,
+        );
+        pricing.per_request = price(
+            &get,
+            &mut issues,
+            "BRIDGE_PRICE_REQUEST",
+            pricing.per_request,
+        );
 
         Ok((
             Config {
@@ -511,7 +527,10 @@ fn signal(
         Some(e) => (var("ENDPOINT"), e.trim().to_string()),
         None => {
             let base = base?.trim().trim_end_matches('/');
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), format!("{base}/v1/{path}"))
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                format!("{base}/v1/{path}"),
+            )
         }
     };
     let endpoint = match reqwest::Url::parse(&raw_endpoint) {
@@ -551,10 +570,7 @@ fn signal(
         },
     };
     let mut headers = Vec::new();
-    for suffix_var in [
-        "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
-        var("HEADERS"),
-    ] {
+    for suffix_var in ["OTEL_EXPORTER_OTLP_HEADERS".to_string(), var("HEADERS")] {
         if let Some(raw) = get(&suffix_var) {
             match parse_headers(&raw) {
                 Some(pairs) => {
@@ -569,7 +585,9 @@ fn signal(
                         value: "<redacted>".into(),
                         allowed: "comma-separated key=value pairs (values may be percent-encoded)"
                             .into(),
-                        consequence: format!("OTLP {path} are disabled (the collector would reject us)"),
+                        consequence: format!(
+                            "OTLP {path} are disabled (the collector would reject us)"
+                        ),
                     });
                     return None;
                 }
@@ -717,7 +735,8 @@ fn parse_dispatch(
                 issues.push(ConfigIssue {
                     variable: "BRIDGE_DISPATCH_HEADERS".into(),
                     value: "<redacted>".into(),
-                    allowed: "comma-separated key=value pairs (values may be percent-encoded)".into(),
+                    allowed: "comma-separated key=value pairs (values may be percent-encoded)"
+                        .into(),
                     consequence: "the raw JSON sink is disabled (its endpoint would reject us)"
                         .into(),
                 });
@@ -743,7 +762,9 @@ pub fn parse_headers(raw: &str) -> Option<Vec<(String, String)>> {
             && key
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        let valid_value = value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        let valid_value = value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
         if !valid_name || !valid_value {
             return None;
         }
@@ -805,10 +826,15 @@ mod tests {
         assert_eq!(cfg.buffering, Buffering::default());
         assert_eq!(issues.len(), 2);
         let text = issues[0].to_string();
-        assert!(text.contains("BRIDGE_BUFFER_MAX_ITEMS") || text.contains("BRIDGE_BUFFER_TIMEOUT_MS"));
-        assert!(issues
-            .iter()
-            .any(|i| i.variable == "BRIDGE_BUFFER_TIMEOUT_MS" && i.allowed.contains("25 to 30000")));
+        assert!(
+            text.contains("BRIDGE_BUFFER_MAX_ITEMS") || text.contains("BRIDGE_BUFFER_TIMEOUT_MS")
+        );
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.variable == "BRIDGE_BUFFER_TIMEOUT_MS"
+                    && i.allowed.contains("25 to 30000"))
+        );
     }
 
     #[test]
@@ -835,7 +861,10 @@ mod tests {
     #[test]
     fn dispatch_headers_are_parsed_and_never_shown() {
         let (cfg, issues) = load(&[
-            ("DISPATCH_POST_URI", "https://user:pw@example.com/ingest?key=s3cret"),
+            (
+                "DISPATCH_POST_URI",
+                "https://user:pw@example.com/ingest?key=s3cret",
+            ),
             ("BRIDGE_DISPATCH_HEADERS", "x-api-key=top%20secret,other=1"),
         ]);
         assert!(issues.is_empty());
@@ -848,7 +877,9 @@ mod tests {
             ]
         );
         let shown = format!("{dispatch:?}");
-        assert!(!shown.contains("top secret") && !shown.contains("s3cret") && !shown.contains("pw"));
+        assert!(
+            !shown.contains("top secret") && !shown.contains("s3cret") && !shown.contains("pw")
+        );
         let (_, issues) = load(&[
             ("DISPATCH_POST_URI", "http://x/"),
             ("BRIDGE_DISPATCH_HEADERS", "novalue-secret"),
@@ -871,7 +902,10 @@ mod tests {
         assert!(cfg.otlp.is_none() && issues.is_empty());
         let (cfg, issues) = load(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://traces.example/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://traces.example/custom",
+            ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=secret1,x=1"),
@@ -887,9 +921,14 @@ mod tests {
         assert_eq!(traces.protocol, OtlpProtocol::HttpJson);
         assert!(traces.gzip);
         let metrics = otlp.metrics.expect("metrics");
-        assert_eq!(metrics.endpoint.as_str(), "http://collector:4318/v1/metrics");
+        assert_eq!(
+            metrics.endpoint.as_str(),
+            "http://collector:4318/v1/metrics"
+        );
         assert_eq!(metrics.protocol, OtlpProtocol::HttpProtobuf);
-        assert!(metrics.headers.contains(&("api-key".into(), "secret2".into())));
+        assert!(metrics
+            .headers
+            .contains(&("api-key".into(), "secret2".into())));
         assert!(metrics.headers.contains(&("x".into(), "1".into())));
         assert!(!format!("{metrics:?}").contains("secret"));
         assert!(otlp.logs.is_none());
@@ -909,8 +948,13 @@ mod tests {
 
     #[test]
     fn pricing_defaults_follow_the_architecture() {
-        assert!(Pricing::for_arch("aarch64").per_gb_second < Pricing::for_arch("x86_64").per_gb_second);
-        let (cfg, issues) = load(&[("BRIDGE_PRICE_GB_SECOND", "0.5"), ("BRIDGE_PRICE_REQUEST", "-1")]);
+        assert!(
+            Pricing::for_arch("aarch64").per_gb_second < Pricing::for_arch("x86_64").per_gb_second
+        );
+        let (cfg, issues) = load(&[
+            ("BRIDGE_PRICE_GB_SECOND", "0.5"),
+            ("BRIDGE_PRICE_REQUEST", "-1"),
+        ]);
         assert_eq!(cfg.pricing.per_gb_second, 0.5);
         assert_eq!(issues.len(), 1);
     }

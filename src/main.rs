@@ -24,7 +24,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let filter = match config.log_filter.parse::<tracing_subscriber::filter::Targets>() {
+    let filter = match config
+        .log_filter
+        .parse::<tracing_subscriber::filter::Targets>()
+    {
         Ok(filter) => filter,
         Err(_) => {
             issues.push(ConfigIssue {
@@ -33,8 +36,7 @@ fn main() -> ExitCode {
                 allowed: "a level (error, warn, info, debug, trace) or target=level list".into(),
                 consequence: "logging at info".into(),
             });
-            tracing_subscriber::filter::Targets::new()
-                .with_default(tracing::Level::INFO)
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
         }
     };
     use tracing_subscriber::layer::SubscriberExt;

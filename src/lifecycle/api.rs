@@ -130,12 +130,13 @@ impl ExtensionsApi {
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| LifecycleError::Request {
-                call,
-                detail: e.to_string(),
-            })?;
+        let request =
+            builder
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| LifecycleError::Request {
+                    call,
+                    detail: e.to_string(),
+                })?;
         let response =
             self.client
                 .request(request)

@@ -127,13 +127,10 @@ impl Pipeline {
                 })
                 .collect()
         };
-        let progress: Vec<AtomicUsize> = (0..self.sinks.len()).map(|_| AtomicUsize::new(0)).collect();
-        let flushes = self
-            .sinks
-            .iter()
-            .zip(&batches)
-            .zip(&progress)
-            .map(|((sink, (_, events, _)), done)| async move {
+        let progress: Vec<AtomicUsize> =
+            (0..self.sinks.len()).map(|_| AtomicUsize::new(0)).collect();
+        let flushes = self.sinks.iter().zip(&batches).zip(&progress).map(
+            |((sink, (_, events, _)), done)| async move {
                 if events.is_empty() {
                     return false;
                 }
@@ -145,7 +142,8 @@ impl Pipeline {
                 tokio::time::timeout_at(deadline, sink.flush(events, ctx))
                     .await
                     .is_err()
-            });
+            },
+        );
         let timed_out = join_all(flushes).await;
 
         let mut queue = self.queue();

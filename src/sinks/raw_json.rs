@@ -9,7 +9,9 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use crate::config::{redact_url, DispatchConfig};
 use crate::event::Event;
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
-use crate::sinks::http::{header_map, post_with_retry, Delivered, HttpError, LazyClient, PostError};
+use crate::sinks::http::{
+    header_map, post_with_retry, Delivered, HttpError, LazyClient, PostError,
+};
 
 /// Upper bound of one POST body; larger backlogs go in several POSTs.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -85,12 +87,23 @@ impl RawJsonSink {
             {
                 Ok(Delivered { attempts, .. }) => {
                     self.stats.posts.fetch_add(1, Ordering::Relaxed);
-                    self.stats.events_sent.fetch_add(count as u64, Ordering::Relaxed);
-                    self.stats.bytes_sent.fetch_add(size as u64, Ordering::Relaxed);
-                    tracing::debug!(events = count, bytes = size, attempts, "raw JSON: batch delivered");
+                    self.stats
+                        .events_sent
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(size as u64, Ordering::Relaxed);
+                    tracing::debug!(
+                        events = count,
+                        bytes = size,
+                        attempts,
+                        "raw JSON: batch delivered"
+                    );
                 }
                 Err(PostError::Rejected(status)) => {
-                    self.stats.events_rejected.fetch_add(count as u64, Ordering::Relaxed);
+                    self.stats
+                        .events_rejected
+                        .fetch_add(count as u64, Ordering::Relaxed);
                     tracing::error!(
                         status = status.as_u16(),
                         endpoint = %self.shown_url,

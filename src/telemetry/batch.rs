@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(batch.events.len(), 5);
         assert_eq!(batch.malformed, 4);
         assert_eq!(batch.events[4].kind(), EventKind::Unknown);
-        assert_eq!(batch.events[4].raw(), br#"{"type":"brand.new","record":{}}"#);
+        assert_eq!(
+            batch.events[4].raw(),
+            br#"{"type":"brand.new","record":{}}"#
+        );
     }
 
     #[test]

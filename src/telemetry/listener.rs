@@ -102,7 +102,10 @@ async fn receive(
 ) -> (StatusCode, &'static str) {
     if method != axum::http::Method::POST {
         shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
-        return (StatusCode::METHOD_NOT_ALLOWED, "POST a JSON array of events\n");
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST a JSON array of events\n",
+        );
     }
     let body = match body {
         Ok(body) => body,
@@ -123,7 +126,10 @@ async fn receive(
     };
     let count = batch.events.len();
     shared.stats.posts.fetch_add(1, Ordering::Relaxed);
-    shared.stats.events.fetch_add(count as u64, Ordering::Relaxed);
+    shared
+        .stats
+        .events
+        .fetch_add(count as u64, Ordering::Relaxed);
     if batch.malformed > 0 {
         shared
             .stats
@@ -135,7 +141,11 @@ async fn receive(
             "telemetry listener: some elements are not well-formed events; passed on raw"
         );
     }
-    tracing::debug!(events = count, bytes = body.len(), "telemetry batch received");
+    tracing::debug!(
+        events = count,
+        bytes = body.len(),
+        "telemetry batch received"
+    );
     shared.pipeline.push(batch.events);
     progress::record(&shared.progress, batch.runtime_done, batch.reports);
     (StatusCode::OK, "")

@@ -121,12 +121,18 @@ impl Instruments {
                 .with_description("Max memory used / memory size")
                 .with_boundaries(UTILISATION_BUCKETS.to_vec())
                 .build(),
-            response_latency: seconds("aws.lambda.response_latency", "runtimeDone responseLatency span"),
+            response_latency: seconds(
+                "aws.lambda.response_latency",
+                "runtimeDone responseLatency span",
+            ),
             response_duration: seconds(
                 "aws.lambda.response_duration",
                 "runtimeDone responseDuration span",
             ),
-            runtime_overhead: seconds("aws.lambda.runtime_overhead", "runtimeDone runtimeOverhead span"),
+            runtime_overhead: seconds(
+                "aws.lambda.runtime_overhead",
+                "runtimeDone runtimeOverhead span",
+            ),
             post_runtime_extensions_duration: seconds(
                 "aws.lambda.post_runtime_extensions_duration",
                 "Time extensions kept the invocation open after the runtime finished",
@@ -290,7 +296,9 @@ struct Phase {
 
 impl Phase {
     fn ids(&mut self) -> (TraceId, SpanId) {
-        *self.ids.get_or_insert_with(|| (random_trace_id(), random_span_id()))
+        *self
+            .ids
+            .get_or_insert_with(|| (random_trace_id(), random_span_id()))
     }
 }
 
@@ -398,7 +406,10 @@ impl Mapper {
         };
         if mapped.is_none() {
             self.unmappable += 1;
-            tracing::debug!(kind = event.kind().label(), "OTLP: event does not match the schema; not mapped");
+            tracing::debug!(
+                kind = event.kind().label(),
+                "OTLP: event does not match the schema; not mapped"
+            );
         }
     }
 
@@ -488,7 +499,8 @@ impl Mapper {
                 .unwrap_or_else(random_span_id);
             self.invocations_seen += 1;
             let coldstart = self.invocations_seen == 1
-                && self.init.record.initialization_type.as_deref() != Some("provisioned-concurrency");
+                && self.init.record.initialization_type.as_deref()
+                    != Some("provisioned-concurrency");
             if coldstart {
                 self.instruments.coldstarts.add(1, &self.common);
             }
@@ -539,7 +551,10 @@ impl Mapper {
                     common[0].clone(),
                     KeyValue::new(
                         "error.type",
-                        record.error_type.clone().unwrap_or_else(|| record.status.clone()),
+                        record
+                            .error_type
+                            .clone()
+                            .unwrap_or_else(|| record.status.clone()),
                     ),
                 ],
             ),
@@ -566,7 +581,8 @@ impl Mapper {
         });
         invocation.ended_at = Some(time);
         invocation.runtime_duration_ms = record.metrics.duration_ms;
-        let (trace_id, span_id, flags) = (invocation.trace_id, invocation.span_id, invocation.flags);
+        let (trace_id, span_id, flags) =
+            (invocation.trace_id, invocation.span_id, invocation.flags);
         let span = self.invocation_span(
             &record.request_id,
             start,
@@ -628,7 +644,13 @@ impl Mapper {
         if invocation.coldstart {
             if let Some((trace_id, span_id)) = self.init.ids.or(self.restore.ids) {
                 links.links.push(Link::new(
-                    SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::default()),
+                    SpanContext::new(
+                        trace_id,
+                        span_id,
+                        TraceFlags::SAMPLED,
+                        false,
+                        TraceState::default(),
+                    ),
                     vec![KeyValue::new("aws.lambda.link", "init")],
                     0,
                 ));
@@ -667,7 +689,13 @@ impl Mapper {
         attributes: Vec<KeyValue>,
     ) -> SpanData {
         SpanData {
-            span_context: SpanContext::new(trace_id, random_span_id(), flags, false, TraceState::default()),
+            span_context: SpanContext::new(
+                trace_id,
+                random_span_id(),
+                flags,
+                false,
+                TraceState::default(),
+            ),
             parent_span_id: parent,
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
@@ -715,7 +743,8 @@ impl Mapper {
         let known = self.invocations.contains_key(&record.request_id);
         let invocation = self.invocation(&record.request_id, record.tracing.as_ref());
         let (ended_at, runtime_ms) = (invocation.ended_at, invocation.runtime_duration_ms);
-        let (trace_id, span_id, flags) = (invocation.trace_id, invocation.span_id, invocation.flags);
+        let (trace_id, span_id, flags) =
+            (invocation.trace_id, invocation.span_id, invocation.flags);
         match ended_at {
             Some(runtime_end) => {
                 // What the report adds beyond runtimeDone is the extensions' post-runtime time.
@@ -737,10 +766,14 @@ impl Mapper {
             None => {
                 // No runtimeDone was seen: the report alone describes the invocation.
                 let start = invocation.start.unwrap_or_else(|| {
-                    time.checked_sub(ms(total_ms.unwrap_or(0.0))).unwrap_or(time)
+                    time.checked_sub(ms(total_ms.unwrap_or(0.0)))
+                        .unwrap_or(time)
                 });
                 if !known {
-                    tracing::debug!(request_id = record.request_id, "OTLP: report without start or runtimeDone");
+                    tracing::debug!(
+                        request_id = record.request_id,
+                        "OTLP: report without start or runtimeDone"
+                    );
                 }
                 let span = self.invocation_span(
                     &record.request_id,
@@ -760,7 +793,11 @@ impl Mapper {
     fn emit_phase(&mut self, restore: bool, report_time: SystemTime, incomplete: bool) {
         let function_name = self.function_name.clone();
         let scope = self.scope.clone();
-        let phase = if restore { &mut self.restore } else { &mut self.init };
+        let phase = if restore {
+            &mut self.restore
+        } else {
+            &mut self.init
+        };
         if phase.emitted {
             return;
         }
@@ -770,7 +807,9 @@ impl Mapper {
         let duration = record.metrics.as_ref().and_then(|m| m.duration_ms);
         let start = phase
             .start
-            .or_else(|| duration.and_then(|d| phase.runtime_done.unwrap_or(report_time).checked_sub(ms(d))))
+            .or_else(|| {
+                duration.and_then(|d| phase.runtime_done.unwrap_or(report_time).checked_sub(ms(d)))
+            })
             .unwrap_or(report_time);
         let end = phase
             .runtime_done
@@ -782,10 +821,16 @@ impl Mapper {
                 attributes.push(KeyValue::new(key, v.clone()));
             }
         };
-        push("aws.lambda.initialization_type", &record.initialization_type);
+        push(
+            "aws.lambda.initialization_type",
+            &record.initialization_type,
+        );
         push("aws.lambda.phase", &record.phase);
         push("aws.lambda.runtime_version", &record.runtime_version);
-        push("aws.lambda.runtime_version_arn", &record.runtime_version_arn);
+        push(
+            "aws.lambda.runtime_version_arn",
+            &record.runtime_version_arn,
+        );
         push("aws.lambda.status", &record.status);
         if let Some(d) = duration {
             attributes.push(KeyValue::new("aws.lambda.duration_ms", d));
@@ -807,7 +852,13 @@ impl Mapper {
             format!("{function_name} init")
         };
         self.out.spans.push(SpanData {
-            span_context: SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::default()),
+            span_context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
             parent_span_id: SpanId::INVALID,
             parent_span_is_remote: false,
             span_kind: SpanKind::Server,
@@ -869,12 +920,23 @@ impl Mapper {
         }
         log.add_attribute(
             "aws.lambda.log.source",
-            if kind == EventKind::FunctionLog { "function" } else { "extension" },
+            if kind == EventKind::FunctionLog {
+                "function"
+            } else {
+                "extension"
+            },
         );
         let owner = request_id.or_else(|| self.current.clone());
         if let Some(invocation) = owner.as_deref().and_then(|r| self.invocations.get(r)) {
-            log.set_trace_context(invocation.trace_id, invocation.span_id, Some(invocation.flags));
-            if let Some(r) = owner.filter(|_| log.attributes_iter().all(|(k, _)| k.as_str() != "faas.invocation_id")) {
+            log.set_trace_context(
+                invocation.trace_id,
+                invocation.span_id,
+                Some(invocation.flags),
+            );
+            if let Some(r) = owner.filter(|_| {
+                log.attributes_iter()
+                    .all(|(k, _)| k.as_str() != "faas.invocation_id")
+            }) {
                 log.add_attribute("faas.invocation_id", r);
             }
         }
@@ -894,7 +956,11 @@ impl Mapper {
             .cloned()
             .collect();
         for request_id in open {
-            let start = self.invocations.get(&request_id).and_then(|i| i.start).unwrap_or(now);
+            let start = self
+                .invocations
+                .get(&request_id)
+                .and_then(|i| i.start)
+                .unwrap_or(now);
             let span = self.invocation_span(&request_id, start, now, "incomplete", None, true);
             self.out.spans.extend(span);
             if let Some(i) = self.invocations.get_mut(&request_id) {
@@ -916,7 +982,15 @@ fn merge(into: &mut PhaseRecord, from: PhaseRecord) {
     macro_rules! take {
         ($($field:ident),*) => { $( if from.$field.is_some() { into.$field = from.$field; } )* };
     }
-    take!(initialization_type, phase, runtime_version, runtime_version_arn, status, error_type, metrics);
+    take!(
+        initialization_type,
+        phase,
+        runtime_version,
+        runtime_version_arn,
+        status,
+        error_type,
+        metrics
+    );
 }
 
 fn severity(level: &str) -> (Severity, &'static str) {

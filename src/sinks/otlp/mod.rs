@@ -97,7 +97,9 @@ pub fn build_resource(identity: &FunctionIdentity, config: &OtlpConfig) -> Resou
     if let Some(group) = &identity.log_group {
         attributes.push(KeyValue::new(
             "aws.log.group.names",
-            opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(group.clone())].into()),
+            opentelemetry::Value::Array(
+                vec![opentelemetry::StringValue::from(group.clone())].into(),
+            ),
         ));
     }
     if let Some(mb) = identity.memory_mb {
@@ -195,7 +197,11 @@ impl OtlpSink {
             Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
             Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
         };
-        let reader = Arc::new(ManualReader::builder().with_temporality(temporality).build());
+        let reader = Arc::new(
+            ManualReader::builder()
+                .with_temporality(temporality)
+                .build(),
+        );
         let meter_provider = SdkMeterProvider::builder()
             .with_resource(resource.clone())
             .with_reader(SharedReader(reader.clone()))
@@ -214,7 +220,13 @@ impl OtlpSink {
             .clone()
             .unwrap_or_else(|| "lambda".into());
         OtlpSink {
-            mapper: Mutex::new(Mapper::new(function_name, scope.clone(), &meter, logger, pricing)),
+            mapper: Mutex::new(Mapper::new(
+                function_name,
+                scope.clone(),
+                &meter,
+                logger,
+                pricing,
+            )),
             config,
             resource,
             scope,
@@ -268,9 +280,14 @@ impl OtlpSink {
         }
         let traces = match &self.config.traces {
             Some(signal) => {
-                let (builder, client) =
-                    http_config(opentelemetry_otlp::SpanExporter::builder().with_http(), signal, &self.http);
-                let mut exporter = builder.build().map_err(|e| format!("traces exporter: {e}"))?;
+                let (builder, client) = http_config(
+                    opentelemetry_otlp::SpanExporter::builder().with_http(),
+                    signal,
+                    &self.http,
+                );
+                let mut exporter = builder
+                    .build()
+                    .map_err(|e| format!("traces exporter: {e}"))?;
                 exporter.set_resource(&self.resource);
                 Some((exporter, client))
             }
@@ -289,15 +306,20 @@ impl OtlpSink {
                     signal,
                     &self.http,
                 );
-                let exporter = builder.build().map_err(|e| format!("metrics exporter: {e}"))?;
+                let exporter = builder
+                    .build()
+                    .map_err(|e| format!("metrics exporter: {e}"))?;
                 Some((exporter, client))
             }
             None => None,
         };
         let logs = match &self.config.logs {
             Some(signal) => {
-                let (builder, client) =
-                    http_config(opentelemetry_otlp::LogExporter::builder().with_http(), signal, &self.http);
+                let (builder, client) = http_config(
+                    opentelemetry_otlp::LogExporter::builder().with_http(),
+                    signal,
+                    &self.http,
+                );
                 let mut exporter = builder.build().map_err(|e| format!("logs exporter: {e}"))?;
                 exporter.set_resource(&self.resource);
                 Some((exporter, client))
@@ -325,14 +347,18 @@ impl OtlpSink {
         if self.config.traces.is_some() {
             let dropped = push_bounded(&mut lock(&self.spans), mapped.spans, MAX_PENDING_SPANS);
             if dropped > 0 {
-                self.stats.spans_dropped.fetch_add(dropped, Ordering::Relaxed);
+                self.stats
+                    .spans_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
                 tracing::warn!(dropped, "OTLP: span buffer full; oldest spans dropped");
             }
         }
         if self.config.logs.is_some() {
             let dropped = push_bounded(&mut lock(&self.logs), mapped.logs, MAX_PENDING_LOGS);
             if dropped > 0 {
-                self.stats.logs_dropped.fetch_add(dropped, Ordering::Relaxed);
+                self.stats
+                    .logs_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
                 tracing::warn!(dropped, "OTLP: log buffer full; oldest records dropped");
             }
         }
@@ -357,29 +383,52 @@ impl OtlpSink {
     }
 
     async fn export_spans(&self, deadline: Instant) {
-        let Ok(Exporters { traces: Some((exporter, client)), .. }) = self.exporters() else {
+        let Ok(Exporters {
+            traces: Some((exporter, client)),
+            ..
+        }) = self.exporters()
+        else {
             return;
         };
         loop {
-            let batch: Vec<SpanData> = lock(&self.spans).iter().take(MAX_SPANS_PER_EXPORT).cloned().collect();
+            let batch: Vec<SpanData> = lock(&self.spans)
+                .iter()
+                .take(MAX_SPANS_PER_EXPORT)
+                .cloned()
+                .collect();
             if batch.is_empty() {
                 return;
             }
             let n = batch.len();
             client.set_deadline(deadline);
             let result = exporter.export(batch).await;
-            if !self.settle("traces", result, client.take_outcome(), n, &self.spans, &self.stats.spans_exported) {
+            if !self.settle(
+                "traces",
+                result,
+                client.take_outcome(),
+                n,
+                &self.spans,
+                &self.stats.spans_exported,
+            ) {
                 return;
             }
         }
     }
 
     async fn export_logs(&self, deadline: Instant) {
-        let Ok(Exporters { logs: Some((exporter, client)), .. }) = self.exporters() else {
+        let Ok(Exporters {
+            logs: Some((exporter, client)),
+            ..
+        }) = self.exporters()
+        else {
             return;
         };
         loop {
-            let batch: Vec<SdkLogRecord> = lock(&self.logs).iter().take(MAX_LOGS_PER_EXPORT).cloned().collect();
+            let batch: Vec<SdkLogRecord> = lock(&self.logs)
+                .iter()
+                .take(MAX_LOGS_PER_EXPORT)
+                .cloned()
+                .collect();
             if batch.is_empty() {
                 return;
             }
@@ -388,14 +437,25 @@ impl OtlpSink {
                 batch.iter().map(|r| (r, &self.scope)).collect();
             client.set_deadline(deadline);
             let result = exporter.export(LogBatch::new(&pairs)).await;
-            if !self.settle("logs", result, client.take_outcome(), n, &self.logs, &self.stats.logs_exported) {
+            if !self.settle(
+                "logs",
+                result,
+                client.take_outcome(),
+                n,
+                &self.logs,
+                &self.stats.logs_exported,
+            ) {
                 return;
             }
         }
     }
 
     async fn export_metrics(&self, deadline: Instant) {
-        let Ok(Exporters { metrics: Some((exporter, client)), .. }) = self.exporters() else {
+        let Ok(Exporters {
+            metrics: Some((exporter, client)),
+            ..
+        }) = self.exporters()
+        else {
             return;
         };
         loop {
@@ -474,7 +534,10 @@ impl OtlpSink {
         // Mapped events are this sink's to keep from here on (in its own bounded buffers).
         ctx.mark_done(events.len());
         if let Err(e) = self.exporters() {
-            tracing::error!(error = e, "OTLP exporters could not be built; nothing is exported");
+            tracing::error!(
+                error = e,
+                "OTLP exporters could not be built; nothing is exported"
+            );
             return;
         }
         tokio::join!(
@@ -486,7 +549,9 @@ impl OtlpSink {
 
     /// True when something is still waiting for export.
     pub fn has_backlog(&self) -> bool {
-        !lock(&self.spans).is_empty() || !lock(&self.logs).is_empty() || !lock(&self.metrics).is_empty()
+        !lock(&self.spans).is_empty()
+            || !lock(&self.logs).is_empty()
+            || !lock(&self.metrics).is_empty()
     }
 }
 

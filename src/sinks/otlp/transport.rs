@@ -47,7 +47,10 @@ impl DeadlineClient {
     }
 
     pub fn take_outcome(&self) -> Option<Outcome> {
-        self.outcome.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     fn record(&self, outcome: Outcome) {
@@ -71,14 +74,25 @@ impl HttpClient for SharedClient {
         let client = inner.http.get()?;
         let url = reqwest::Url::parse(&request.uri().to_string())?;
         let (parts, body) = request.into_parts();
-        match post_with_retry(client, &url, &parts.headers, body, deadline, inner.attempt_timeout).await {
+        match post_with_retry(
+            client,
+            &url,
+            &parts.headers,
+            body,
+            deadline,
+            inner.attempt_timeout,
+        )
+        .await
+        {
             Ok(delivered) => {
                 inner.record(Outcome::Delivered);
                 Ok(Response::builder().status(200).body(delivered.body)?)
             }
             Err(PostError::Rejected(status)) => {
                 inner.record(Outcome::Rejected(status.as_u16()));
-                Ok(Response::builder().status(status.as_u16()).body(Bytes::new())?)
+                Ok(Response::builder()
+                    .status(status.as_u16())
+                    .body(Bytes::new())?)
             }
             Err(e @ PostError::GaveUp { .. }) => {
                 inner.record(Outcome::GaveUp);

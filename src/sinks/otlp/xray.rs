@@ -44,11 +44,7 @@ pub fn parse(header: &str) -> Option<XrayContext> {
                     .ok()
                     .filter(|id| *id != SpanId::INVALID && value.trim().len() == 16);
             }
-            "Sampled" => {
-                if value.trim() == "0" {
-                    flags = TraceFlags::NOT_SAMPLED;
-                }
-            }
+            "Sampled" if value.trim() == "0" => flags = TraceFlags::NOT_SAMPLED,
             _ => {}
         }
     }
@@ -65,8 +61,9 @@ mod tests {
 
     #[test]
     fn the_documented_example_maps() {
-        let ctx = parse("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
-            .expect("valid header");
+        let ctx =
+            parse("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+                .expect("valid header");
         assert_eq!(
             ctx.trace_id,
             TraceId::from_hex("5759e988bd862e3fe1be46a994272793").expect("hex")
