@@ -12,6 +12,7 @@ use crate::config::{redact_url, Config, ConfigIssue, FlushPolicy, TelemetryType}
 use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
+use crate::self_metrics::{self, Pusher, METRICS};
 use crate::sinks::otlp::{FunctionIdentity, OtlpSink};
 use crate::sinks::raw_json::RawJsonSink;
 use crate::telemetry::progress::{self, Progress};
@@ -47,6 +48,7 @@ struct Bridge {
     last_flush: Instant,
     last_request: Option<String>,
     invocations: u64,
+    pusher: Option<Pusher>,
 }
 
 /// Runs the extension until SHUTDOWN; the exit code Lambda sees.
@@ -139,6 +141,20 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         config.queue_max_bytes,
     ));
 
+    if let Some(addr) = config.metrics_addr {
+        match self_metrics::serve(addr).await {
+            Ok(bound) => tracing::info!(addr = %bound, "self-metrics served at /metrics"),
+            Err(e) => {
+                tracing::error!(addr = %addr, error = %e, "BRIDGE_METRICS_ADDR: cannot listen; /metrics disabled")
+            }
+        }
+    }
+    let pusher = config.pushgateway.as_ref().map(|url| {
+        let instance = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
+            .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+        Pusher::new(url, &instance, config.push_interval)
+    });
+
     let (progress_tx, progress_rx) = progress::channel();
     let telemetry_live = start_telemetry(&config, &api, pipeline.clone(), progress_tx).await;
 
@@ -151,6 +167,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         last_flush: Instant::now(),
         last_request: None,
         invocations: 0,
+        pusher,
     };
     bridge.event_loop().await
 }
@@ -264,6 +281,7 @@ impl Bridge {
     /// costs nothing until the runtime finishes), then flushes what the policy says is due.
     async fn on_invoke(&mut self, request_id: String, deadline_ms: u64) {
         self.invocations += 1;
+        METRICS.invocations.inc();
         self.last_request = Some(request_id.clone());
         if !self.flush_due() {
             tracing::debug!(request_id, "invoke: no flush due");
@@ -291,6 +309,9 @@ impl Bridge {
         let waited = started.elapsed();
         let flush_deadline = Instant::now() + self.config.flush_timeout;
         self.flush(FlushReason::Invoke, flush_deadline).await;
+        if let Some(pusher) = &mut self.pusher {
+            pusher.maybe_push(false, flush_deadline).await;
+        }
         tracing::debug!(
             request_id,
             waited_us = waited.as_micros() as u64,
@@ -303,6 +324,13 @@ impl Bridge {
         let started = Instant::now();
         let report = self.pipeline.flush(reason, deadline).await;
         self.last_flush = Instant::now();
+        let label = match reason {
+            FlushReason::Invoke => "invoke",
+            FlushReason::Shutdown => "shutdown",
+        };
+        METRICS
+            .flush_histogram(label)
+            .observe(started.elapsed().as_secs_f64());
         let mut complete = true;
         let mut dropped = Vec::new();
         for sink in &report {
@@ -310,6 +338,10 @@ impl Bridge {
                 complete = false;
             }
             if sink.dropped_by_overflow > 0 {
+                METRICS
+                    .sink_events_dropped
+                    .with_label_values(&[sink.sink, "overflow"])
+                    .inc_by(sink.dropped_by_overflow);
                 dropped.push(format!("{}={}", sink.sink, sink.dropped_by_overflow));
             }
             if sink.timed_out {
@@ -377,6 +409,9 @@ impl Bridge {
             if (complete && posts_after == posts_before) || Instant::now() >= hard_deadline {
                 break;
             }
+        }
+        if let Some(pusher) = &mut self.pusher {
+            pusher.maybe_push(true, hard_deadline).await;
         }
         let pending = self.pipeline.pending();
         if pending > 0 {

@@ -123,6 +123,11 @@ pub struct Config {
     /// `None` when no OTLP endpoint is configured or `OTEL_SDK_DISABLED=true`.
     pub otlp: Option<OtlpConfig>,
     pub pricing: Pricing,
+    /// `BRIDGE_METRICS_ADDR`: serve the self-metrics at `/metrics` here (off by default).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `BRIDGE_PUSHGATEWAY_URL`: push the self-metrics here.
+    pub pushgateway: Option<reqwest::Url>,
+    pub push_interval: Duration,
 }
 
 /// OTLP wire format.
@@ -378,6 +383,43 @@ impl Config {
         };
         let log_filter = get("BRIDGE_LOG").unwrap_or_else(|| "info".to_string());
         let otlp = parse_otlp(&get, &mut issues);
+        let metrics_addr = get("BRIDGE_METRICS_ADDR").and_then(|raw| {
+            match raw.trim().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    issues.push(ConfigIssue {
+                        variable: "BRIDGE_METRICS_ADDR".into(),
+                        value: raw,
+                        allowed: "ip:port, e.g. 127.0.0.1:9464".into(),
+                        consequence: "the /metrics endpoint is disabled".into(),
+                    });
+                    None
+                }
+            }
+        });
+        let pushgateway =
+            get("BRIDGE_PUSHGATEWAY_URL").and_then(|raw| match reqwest::Url::parse(raw.trim()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                    Some(u)
+                }
+                _ => {
+                    issues.push(ConfigIssue {
+                        variable: "BRIDGE_PUSHGATEWAY_URL".into(),
+                        value: raw,
+                        allowed: "an absolute http:// or https:// URL".into(),
+                        consequence: "pushing self-metrics is disabled".into(),
+                    });
+                    None
+                }
+            });
+        let push_interval = Duration::from_millis(u64::from(ranged(
+            &get,
+            &mut issues,
+            "BRIDGE_PUSH_INTERVAL_MS",
+            1,
+            86_400_000,
+            60_000,
+        )));
         let mut pricing = Pricing::for_arch(
             get("BRIDGE_ARCHITECTURE")
                 .as_deref()
@@ -413,6 +455,9 @@ impl Config {
                 log_filter,
                 otlp,
                 pricing,
+                metrics_addr,
+                pushgateway,
+                push_interval,
             },
             issues,
         ))

@@ -11,6 +11,7 @@ pub mod config;
 pub mod event;
 pub mod lifecycle;
 pub mod pipeline;
+pub mod self_metrics;
 pub mod sim;
 pub mod sinks;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::event::Event;
+use crate::self_metrics::METRICS;
 use queue::Queue;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -98,7 +99,10 @@ impl Pipeline {
     }
 
     pub fn push(&self, events: Vec<Event>) {
-        self.queue().push(events);
+        let mut queue = self.queue();
+        queue.push(events);
+        METRICS.queue_depth_events.set(queue.len() as i64);
+        METRICS.queue_depth_bytes.set(queue.bytes() as i64);
     }
 
     pub fn note_invoke(&self, info: &InvokeInfo) {
@@ -160,6 +164,8 @@ impl Pipeline {
             });
         }
         queue.trim();
+        METRICS.queue_depth_events.set(queue.len() as i64);
+        METRICS.queue_depth_bytes.set(queue.bytes() as i64);
         report
     }
 }

@@ -136,17 +136,18 @@ fn error(status: StatusCode, error_type: &str, message: impl Into<String>) -> Re
     (status, [("content-type", "application/json")], body).into_response()
 }
 
-/// Checks the `Lambda-Extension-Identifier` header against the registered id.
-fn check_id(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the `Lambda-Extension-Identifier` header against the registered id; `Some` is the
+/// rejection to answer.
+fn check_id(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let expected = shared.lock().extension_id.clone();
     match (header(headers, ID_HEADER), expected) {
-        (Some(got), Some(expected)) if got == expected => Ok(()),
-        (None, _) => Err(error(
+        (Some(got), Some(expected)) if got == expected => None,
+        (None, _) => Some(error(
             StatusCode::FORBIDDEN,
             "Extension.MissingExtensionIdentifier",
             "missing Lambda-Extension-Identifier header",
         )),
-        _ => Err(error(
+        _ => Some(error(
             StatusCode::FORBIDDEN,
             "Extension.InvalidExtensionIdentifier",
             "unknown Lambda-Extension-Identifier",
@@ -226,7 +227,7 @@ async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
 }
 
 async fn next(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_id(&shared, &headers) {
+    if let Some(r) = check_id(&shared, &headers) {
         return r;
     }
     let at = Instant::now();
@@ -276,7 +277,7 @@ async fn init_error(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check_id(&shared, &headers) {
+    if let Some(r) = check_id(&shared, &headers) {
         return r;
     }
     shared
@@ -292,7 +293,7 @@ async fn exit_error(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check_id(&shared, &headers) {
+    if let Some(r) = check_id(&shared, &headers) {
         return r;
     }
     shared
@@ -427,7 +428,7 @@ pub fn parse_http_uri(uri: &str) -> Result<(String, u16), String> {
 }
 
 async fn subscribe(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_id(&shared, &headers) {
+    if let Some(r) = check_id(&shared, &headers) {
         let mut rec = shared.lock();
         rec.subscription_body = Some(body_value(&body).0);
         rec.subscribe_status = Some(r.status().as_u16());

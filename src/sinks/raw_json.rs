@@ -1,14 +1,13 @@
 //! The raw JSON sink: POSTs events to `DISPATCH_POST_URI` as a JSON array, each event's bytes
 //! exactly as Lambda sent them, in arrival order, each once across all POSTs.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::{BufMut, Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
 use crate::config::{redact_url, DispatchConfig};
 use crate::event::Event;
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
+use crate::self_metrics::METRICS;
 use crate::sinks::http::{
     header_map, post_with_retry, Delivered, HttpError, LazyClient, PostError,
 };
@@ -22,17 +21,9 @@ pub struct RawJsonSink {
     headers: HeaderMap,
     min_batch_size: usize,
     client: LazyClient,
-    stats: RawJsonStats,
 }
 
-#[derive(Debug, Default)]
-pub struct RawJsonStats {
-    pub posts: AtomicU64,
-    pub events_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub events_rejected: AtomicU64,
-    pub failures: AtomicU64,
-}
+const SINK: &str = "raw_json";
 
 impl RawJsonSink {
     pub fn new(config: &DispatchConfig) -> Result<RawJsonSink, HttpError> {
@@ -46,12 +37,7 @@ impl RawJsonSink {
             },
             min_batch_size: config.min_batch_size,
             client: LazyClient::new(),
-            stats: RawJsonStats::default(),
         })
-    }
-
-    pub fn stats(&self) -> &RawJsonStats {
-        &self.stats
     }
 
     async fn deliver(&self, events: &[Event], ctx: FlushContext<'_>) {
@@ -86,13 +72,19 @@ impl RawJsonSink {
             .await
             {
                 Ok(Delivered { attempts, .. }) => {
-                    self.stats.posts.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .events_sent
-                        .fetch_add(count as u64, Ordering::Relaxed);
-                    self.stats
-                        .bytes_sent
-                        .fetch_add(size as u64, Ordering::Relaxed);
+                    METRICS.sink_batches.with_label_values(&[SINK]).inc();
+                    METRICS
+                        .sink_events_sent
+                        .with_label_values(&[SINK])
+                        .inc_by(count as u64);
+                    METRICS
+                        .sink_bytes_sent
+                        .with_label_values(&[SINK])
+                        .inc_by(size as u64);
+                    METRICS
+                        .sink_retries
+                        .with_label_values(&[SINK])
+                        .inc_by(u64::from(attempts - 1));
                     tracing::debug!(
                         events = count,
                         bytes = size,
@@ -101,9 +93,14 @@ impl RawJsonSink {
                     );
                 }
                 Err(PostError::Rejected(status)) => {
-                    self.stats
-                        .events_rejected
-                        .fetch_add(count as u64, Ordering::Relaxed);
+                    METRICS
+                        .sink_failures
+                        .with_label_values(&[SINK, "rejected"])
+                        .inc();
+                    METRICS
+                        .sink_events_dropped
+                        .with_label_values(&[SINK, "rejected"])
+                        .inc_by(count as u64);
                     tracing::error!(
                         status = status.as_u16(),
                         endpoint = %self.shown_url,
@@ -111,8 +108,15 @@ impl RawJsonSink {
                         "raw JSON: endpoint rejected the batch; dropped (not retried)"
                     );
                 }
-                Err(e @ PostError::GaveUp { .. }) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e @ PostError::GaveUp { attempts, .. }) => {
+                    METRICS
+                        .sink_failures
+                        .with_label_values(&[SINK, "gave_up"])
+                        .inc();
+                    METRICS
+                        .sink_retries
+                        .with_label_values(&[SINK])
+                        .inc_by(u64::from(attempts.saturating_sub(1)));
                     tracing::warn!(
                         endpoint = %self.shown_url,
                         events = events.len() - done,
@@ -130,7 +134,7 @@ impl RawJsonSink {
 
 impl Sink for RawJsonSink {
     fn name(&self) -> &'static str {
-        "raw_json"
+        SINK
     }
 
     fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()> {

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::Buffering;
 use crate::pipeline::Pipeline;
+use crate::self_metrics::METRICS;
 use crate::telemetry::batch::parse_batch;
 use crate::telemetry::progress::{self, Progress};
 
@@ -102,6 +103,10 @@ async fn receive(
 ) -> (StatusCode, &'static str) {
     if method != axum::http::Method::POST {
         shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
+        METRICS
+            .listener_rejected
+            .with_label_values(&["method"])
+            .inc();
         return (
             StatusCode::METHOD_NOT_ALLOWED,
             "POST a JSON array of events\n",
@@ -111,6 +116,12 @@ async fn receive(
         Ok(body) => body,
         Err(rejection) => {
             shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
+            let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "body"
+            };
+            METRICS.listener_rejected.with_label_values(&[reason]).inc();
             tracing::warn!(status = rejection.status().as_u16(), reason = %rejection.body_text(), "telemetry listener: body rejected");
             let status = rejection.status();
             return (status, "body rejected\n");
@@ -120,12 +131,20 @@ async fn receive(
         Ok(batch) => batch,
         Err(e) => {
             shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
+            METRICS
+                .listener_rejected
+                .with_label_values(&["not_an_array"])
+                .inc();
             tracing::warn!(bytes = body.len(), error = %e, "telemetry listener: POST rejected");
             return (StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
         }
     };
     let count = batch.events.len();
     shared.stats.posts.fetch_add(1, Ordering::Relaxed);
+    METRICS.listener_posts.inc();
+    for event in &batch.events {
+        METRICS.event_received(event.kind());
+    }
     shared
         .stats
         .events

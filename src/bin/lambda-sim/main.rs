@@ -233,7 +233,7 @@ fn print_invocation(r: &InvocationRecord) {
         None => "  (no /event/next)".to_string(),
     };
     println!(
-        "  #{:<4} {}  {:<40} runtime {:7.2} ms  extension overhead {}",
+        "  #{:<4} {}  {:<44} runtime {:7.2} ms  extension overhead {}",
         r.index + 1,
         r.request_id.get(..8).unwrap_or(&r.request_id),
         status,

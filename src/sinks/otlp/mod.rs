@@ -10,7 +10,6 @@ pub mod transport;
 pub mod xray;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -32,9 +31,15 @@ use crate::config::{OtlpConfig, OtlpProtocol, Pricing, SignalConfig, Temporality
 use crate::event::Event;
 use crate::lifecycle::Registration;
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, InvokeInfo, Sink};
+use crate::self_metrics::METRICS;
 use crate::sinks::http::LazyClient;
 use mapping::Mapper;
 use transport::{DeadlineClient, Outcome, SharedClient};
+
+/// Sink labels of the self-metrics, one per signal.
+const TRACES: &str = "otlp_traces";
+const METRIC_SINK: &str = "otlp_metrics";
+const LOGS: &str = "otlp_logs";
 
 /// Spans and log records kept for retry at most; beyond this the oldest are dropped and counted.
 const MAX_PENDING_SPANS: usize = 20_000;
@@ -150,17 +155,6 @@ impl MetricReader for SharedReader {
     }
 }
 
-/// Counters of the sink's own work.
-#[derive(Debug, Default)]
-pub struct OtlpStats {
-    pub spans_exported: AtomicU64,
-    pub metric_exports: AtomicU64,
-    pub logs_exported: AtomicU64,
-    pub spans_dropped: AtomicU64,
-    pub logs_dropped: AtomicU64,
-    pub export_failures: AtomicU64,
-}
-
 struct Exporters {
     traces: Option<(opentelemetry_otlp::SpanExporter, Arc<DeadlineClient>)>,
     metrics: Option<(opentelemetry_otlp::MetricExporter, Arc<DeadlineClient>)>,
@@ -180,7 +174,6 @@ pub struct OtlpSink {
     spans: Mutex<VecDeque<SpanData>>,
     logs: Mutex<VecDeque<SdkLogRecord>>,
     metrics: Mutex<VecDeque<ResourceMetrics>>,
-    stats: OtlpStats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -238,12 +231,7 @@ impl OtlpSink {
             spans: Mutex::new(VecDeque::new()),
             logs: Mutex::new(VecDeque::new()),
             metrics: Mutex::new(VecDeque::new()),
-            stats: OtlpStats::default(),
         }
-    }
-
-    pub fn stats(&self) -> &OtlpStats {
-        &self.stats
     }
 
     fn exporters(&self) -> Result<&Exporters, &str> {
@@ -258,8 +246,9 @@ impl OtlpSink {
             builder: B,
             signal: &SignalConfig,
             http: &Arc<LazyClient>,
+            sink: &'static str,
         ) -> (B, Arc<DeadlineClient>) {
-            let client = DeadlineClient::new(http.clone(), signal.timeout);
+            let client = DeadlineClient::new(http.clone(), signal.timeout, sink);
             let headers: HashMap<String, String> = signal.headers.iter().cloned().collect();
             let builder = builder
                 .with_endpoint(signal.endpoint.as_str())
@@ -284,6 +273,7 @@ impl OtlpSink {
                     opentelemetry_otlp::SpanExporter::builder().with_http(),
                     signal,
                     &self.http,
+                    TRACES,
                 );
                 let mut exporter = builder
                     .build()
@@ -305,6 +295,7 @@ impl OtlpSink {
                         .with_temporality(temporality),
                     signal,
                     &self.http,
+                    METRIC_SINK,
                 );
                 let exporter = builder
                     .build()
@@ -319,6 +310,7 @@ impl OtlpSink {
                     opentelemetry_otlp::LogExporter::builder().with_http(),
                     signal,
                     &self.http,
+                    LOGS,
                 );
                 let mut exporter = builder.build().map_err(|e| format!("logs exporter: {e}"))?;
                 exporter.set_resource(&self.resource);
@@ -347,18 +339,20 @@ impl OtlpSink {
         if self.config.traces.is_some() {
             let dropped = push_bounded(&mut lock(&self.spans), mapped.spans, MAX_PENDING_SPANS);
             if dropped > 0 {
-                self.stats
-                    .spans_dropped
-                    .fetch_add(dropped, Ordering::Relaxed);
+                METRICS
+                    .sink_events_dropped
+                    .with_label_values(&[TRACES, "overflow"])
+                    .inc_by(dropped);
                 tracing::warn!(dropped, "OTLP: span buffer full; oldest spans dropped");
             }
         }
         if self.config.logs.is_some() {
             let dropped = push_bounded(&mut lock(&self.logs), mapped.logs, MAX_PENDING_LOGS);
             if dropped > 0 {
-                self.stats
-                    .logs_dropped
-                    .fetch_add(dropped, Ordering::Relaxed);
+                METRICS
+                    .sink_events_dropped
+                    .with_label_values(&[LOGS, "overflow"])
+                    .inc_by(dropped);
                 tracing::warn!(dropped, "OTLP: log buffer full; oldest records dropped");
             }
         }
@@ -402,14 +396,7 @@ impl OtlpSink {
             let n = batch.len();
             client.set_deadline(deadline);
             let result = exporter.export(batch).await;
-            if !self.settle(
-                "traces",
-                result,
-                client.take_outcome(),
-                n,
-                &self.spans,
-                &self.stats.spans_exported,
-            ) {
+            if !self.settle(TRACES, result, client.take_outcome(), n, &self.spans) {
                 return;
             }
         }
@@ -437,14 +424,7 @@ impl OtlpSink {
                 batch.iter().map(|r| (r, &self.scope)).collect();
             client.set_deadline(deadline);
             let result = exporter.export(LogBatch::new(&pairs)).await;
-            if !self.settle(
-                "logs",
-                result,
-                client.take_outcome(),
-                n,
-                &self.logs,
-                &self.stats.logs_exported,
-            ) {
+            if !self.settle(LOGS, result, client.take_outcome(), n, &self.logs) {
                 return;
             }
         }
@@ -467,15 +447,28 @@ impl OtlpSink {
             let result = exporter.export(&rm).await;
             match (result, client.take_outcome()) {
                 (Ok(()), _) => {
-                    self.stats.metric_exports.fetch_add(1, Ordering::Relaxed);
+                    METRICS
+                        .sink_events_sent
+                        .with_label_values(&[METRIC_SINK])
+                        .inc();
                 }
                 (Err(e), Some(Outcome::Rejected(status))) => {
-                    self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(status, endpoint = %self.endpoint("metrics"), error = %e, "OTLP metrics rejected; dropped");
+                    METRICS
+                        .sink_failures
+                        .with_label_values(&[METRIC_SINK, "rejected"])
+                        .inc();
+                    METRICS
+                        .sink_events_dropped
+                        .with_label_values(&[METRIC_SINK, "rejected"])
+                        .inc();
+                    tracing::error!(status, endpoint = %self.endpoint(METRIC_SINK), error = %e, "OTLP metrics rejected; dropped");
                 }
                 (Err(e), _) => {
-                    self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(endpoint = %self.endpoint("metrics"), error = %e, "OTLP metrics not delivered; kept for the next flush");
+                    METRICS
+                        .sink_failures
+                        .with_label_values(&[METRIC_SINK, "gave_up"])
+                        .inc();
+                    tracing::warn!(endpoint = %self.endpoint(METRIC_SINK), error = %e, "OTLP metrics not delivered; kept for the next flush");
                     let mut pending = lock(&self.metrics);
                     if self.config.temporality == Temporality::Delta || pending.is_empty() {
                         pending.push_front(rm);
@@ -486,10 +479,10 @@ impl OtlpSink {
         }
     }
 
-    fn endpoint(&self, signal: &str) -> String {
-        let config = match signal {
-            "traces" => &self.config.traces,
-            "metrics" => &self.config.metrics,
+    fn endpoint(&self, sink: &str) -> String {
+        let config = match sink {
+            TRACES => &self.config.traces,
+            METRIC_SINK => &self.config.metrics,
             _ => &self.config.logs,
         };
         config
@@ -501,29 +494,41 @@ impl OtlpSink {
     /// Books one export's result against a pending buffer; true to continue with the next batch.
     fn settle<T>(
         &self,
-        signal: &str,
+        sink: &'static str,
         result: OTelSdkResult,
         outcome: Option<Outcome>,
         n: usize,
         pending: &Mutex<VecDeque<T>>,
-        exported: &AtomicU64,
     ) -> bool {
         match (result, outcome) {
             (Ok(()), _) => {
                 lock(pending).drain(..n);
-                exported.fetch_add(n as u64, Ordering::Relaxed);
-                tracing::debug!(signal, items = n, "OTLP export delivered");
+                METRICS
+                    .sink_events_sent
+                    .with_label_values(&[sink])
+                    .inc_by(n as u64);
+                tracing::debug!(sink, items = n, "OTLP export delivered");
                 true
             }
             (Err(e), Some(Outcome::Rejected(status))) => {
                 lock(pending).drain(..n);
-                self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(signal, status, endpoint = %self.endpoint(signal), items = n, error = %e, "OTLP export rejected; batch dropped (not retried)");
+                METRICS
+                    .sink_failures
+                    .with_label_values(&[sink, "rejected"])
+                    .inc();
+                METRICS
+                    .sink_events_dropped
+                    .with_label_values(&[sink, "rejected"])
+                    .inc_by(n as u64);
+                tracing::error!(sink, status, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export rejected; batch dropped (not retried)");
                 true
             }
             (Err(e), _) => {
-                self.stats.export_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(signal, endpoint = %self.endpoint(signal), items = n, error = %e, "OTLP export failed; kept for the next flush");
+                METRICS
+                    .sink_failures
+                    .with_label_values(&[sink, "gave_up"])
+                    .inc();
+                tracing::warn!(sink, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export failed; kept for the next flush");
                 false
             }
         }

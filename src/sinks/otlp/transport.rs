@@ -13,6 +13,7 @@ use bytes::Bytes;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use tokio::time::Instant;
 
+use crate::self_metrics::METRICS;
 use crate::sinks::http::{post_with_retry, LazyClient, PostError};
 
 /// How the last export attempt ended, as far as the transport knows.
@@ -27,15 +28,22 @@ pub enum Outcome {
 pub struct DeadlineClient {
     http: Arc<LazyClient>,
     attempt_timeout: Duration,
+    /// The self-metrics `sink` label.
+    sink: &'static str,
     deadline: Mutex<Instant>,
     outcome: Mutex<Option<Outcome>>,
 }
 
 impl DeadlineClient {
-    pub fn new(http: Arc<LazyClient>, attempt_timeout: Duration) -> Arc<DeadlineClient> {
+    pub fn new(
+        http: Arc<LazyClient>,
+        attempt_timeout: Duration,
+        sink: &'static str,
+    ) -> Arc<DeadlineClient> {
         Arc::new(DeadlineClient {
             http,
             attempt_timeout,
+            sink,
             deadline: Mutex::new(Instant::now()),
             outcome: Mutex::new(None),
         })
@@ -74,6 +82,7 @@ impl HttpClient for SharedClient {
         let client = inner.http.get()?;
         let url = reqwest::Url::parse(&request.uri().to_string())?;
         let (parts, body) = request.into_parts();
+        let size = body.len() as u64;
         match post_with_retry(
             client,
             &url,
@@ -86,6 +95,15 @@ impl HttpClient for SharedClient {
         {
             Ok(delivered) => {
                 inner.record(Outcome::Delivered);
+                METRICS.sink_batches.with_label_values(&[inner.sink]).inc();
+                METRICS
+                    .sink_bytes_sent
+                    .with_label_values(&[inner.sink])
+                    .inc_by(size);
+                METRICS
+                    .sink_retries
+                    .with_label_values(&[inner.sink])
+                    .inc_by(u64::from(delivered.attempts - 1));
                 Ok(Response::builder().status(200).body(delivered.body)?)
             }
             Err(PostError::Rejected(status)) => {
@@ -94,7 +112,11 @@ impl HttpClient for SharedClient {
                     .status(status.as_u16())
                     .body(Bytes::new())?)
             }
-            Err(e @ PostError::GaveUp { .. }) => {
+            Err(e @ PostError::GaveUp { attempts, .. }) => {
+                METRICS
+                    .sink_retries
+                    .with_label_values(&[inner.sink])
+                    .inc_by(u64::from(attempts.saturating_sub(1)));
                 inner.record(Outcome::GaveUp);
                 Err(Box::new(TransportError(e.to_string())))
             }

@@ -1,0 +1,297 @@
+//! The bridge's own metrics (prometheus crate): what it received, sent, retried and dropped.
+//!
+//! A Lambda instance cannot be scraped, so besides the optional `/metrics` endpoint
+//! (`BRIDGE_METRICS_ADDR`, for local runs) they can be pushed to a Pushgateway
+//! (`BRIDGE_PUSHGATEWAY_URL`) at shutdown and at most every `BRIDGE_PUSH_INTERVAL_MS`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::event::EventKind;
+
+/// Every event kind, in the order of [`kind_index`].
+const KINDS: [EventKind; 16] = [
+    EventKind::InitStart,
+    EventKind::InitRuntimeDone,
+    EventKind::InitReport,
+    EventKind::Start,
+    EventKind::RuntimeDone,
+    EventKind::Report,
+    EventKind::RestoreStart,
+    EventKind::RestoreRuntimeDone,
+    EventKind::RestoreReport,
+    EventKind::Extension,
+    EventKind::TelemetrySubscription,
+    EventKind::LogsDropped,
+    EventKind::OtherPlatform,
+    EventKind::FunctionLog,
+    EventKind::ExtensionLog,
+    EventKind::Unknown,
+];
+
+fn kind_index(kind: EventKind) -> usize {
+    KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KINDS.len() - 1)
+}
+
+pub struct SelfMetrics {
+    pub registry: Registry,
+    /// One child per event kind, resolved once: the listener counts without a label lookup.
+    events_received: Vec<IntCounter>,
+    pub listener_posts: IntCounter,
+    pub listener_rejected: IntCounterVec,
+    pub sink_batches: IntCounterVec,
+    pub sink_events_sent: IntCounterVec,
+    pub sink_bytes_sent: IntCounterVec,
+    pub sink_failures: IntCounterVec,
+    pub sink_retries: IntCounterVec,
+    pub sink_events_dropped: IntCounterVec,
+    pub queue_depth_events: IntGauge,
+    pub queue_depth_bytes: IntGauge,
+    pub flush_duration: HistogramVec,
+    pub invocations: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is well-formed: {e}"));
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric =
+        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name} is well-formed: {e}"));
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric =
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is well-formed: {e}"));
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+impl SelfMetrics {
+    fn new() -> SelfMetrics {
+        let registry = Registry::new();
+        let received = counter_vec(
+            &registry,
+            "bridge_events_received_total",
+            "Telemetry API events received, by type",
+            &["type"],
+        );
+        let flush_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bridge_flush_duration_seconds",
+                "Duration of a flush of all sinks",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| panic!("flush histogram is well-formed: {e}"));
+        let _ = registry.register(Box::new(flush_duration.clone()));
+        SelfMetrics {
+            events_received: KINDS
+                .iter()
+                .map(|k| received.with_label_values(&[k.label()]))
+                .collect(),
+            listener_posts: counter(
+                &registry,
+                "bridge_listener_posts_total",
+                "Telemetry API POSTs accepted",
+            ),
+            listener_rejected: counter_vec(
+                &registry,
+                "bridge_listener_rejected_total",
+                "Telemetry API requests rejected, by reason",
+                &["reason"],
+            ),
+            sink_batches: counter_vec(
+                &registry,
+                "bridge_sink_batches_total",
+                "Requests delivered, per sink",
+                &["sink"],
+            ),
+            sink_events_sent: counter_vec(
+                &registry,
+                "bridge_sink_events_sent_total",
+                "Items delivered (events, spans, log records), per sink",
+                &["sink"],
+            ),
+            sink_bytes_sent: counter_vec(
+                &registry,
+                "bridge_sink_bytes_sent_total",
+                "Request body bytes delivered, per sink",
+                &["sink"],
+            ),
+            sink_failures: counter_vec(
+                &registry,
+                "bridge_sink_failures_total",
+                "Deliveries that failed, per sink and reason (rejected, gave_up)",
+                &["sink", "reason"],
+            ),
+            sink_retries: counter_vec(
+                &registry,
+                "bridge_sink_retries_total",
+                "Retried requests, per sink",
+                &["sink"],
+            ),
+            sink_events_dropped: counter_vec(
+                &registry,
+                "bridge_sink_events_dropped_total",
+                "Items dropped, per sink and reason (overflow, rejected)",
+                &["sink", "reason"],
+            ),
+            queue_depth_events: gauge(
+                &registry,
+                "bridge_queue_depth_events",
+                "Events queued for the slowest sink",
+            ),
+            queue_depth_bytes: gauge(&registry, "bridge_queue_depth_bytes", "Bytes queued"),
+            flush_duration,
+            invocations: counter(
+                &registry,
+                "bridge_invocations_total",
+                "INVOKE events handled",
+            ),
+            registry,
+        }
+    }
+
+    pub fn event_received(&self, kind: EventKind) {
+        self.events_received[kind_index(kind)].inc();
+    }
+
+    pub fn flush_histogram(&self, reason: &str) -> Histogram {
+        self.flush_duration.with_label_values(&[reason])
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "self-metrics: encoding failed");
+        }
+        out
+    }
+}
+
+/// The process-wide self-metrics.
+pub static METRICS: LazyLock<SelfMetrics> = LazyLock::new(SelfMetrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_counter() {
+        for kind in KINDS {
+            METRICS.event_received(kind);
+        }
+        let text = String::from_utf8(METRICS.render()).expect("utf-8");
+        assert!(text.contains("bridge_events_received_total{type=\"platform.runtimeDone\"} 1"));
+        assert!(text.contains("bridge_events_received_total{type=\"unknown\"} 1"));
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (on the current runtime); returns the address bound.
+pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+    use axum::http::header::CONTENT_TYPE;
+    let socket = tokio::net::TcpListener::bind(addr).await?;
+    let bound = socket.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                METRICS.render(),
+            )
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(socket, app).await {
+            tracing::warn!(error = %e, "self-metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// Pushes the self-metrics to a Pushgateway, at most once per interval (and at shutdown).
+pub struct Pusher {
+    url: reqwest::Url,
+    interval: std::time::Duration,
+    last: Option<tokio::time::Instant>,
+    client: crate::sinks::http::LazyClient,
+}
+
+impl Pusher {
+    /// `instance` groups this execution environment's series (its log stream name).
+    pub fn new(base: &reqwest::Url, instance: &str, interval: std::time::Duration) -> Pusher {
+        let mut url = base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend([
+                "metrics",
+                "job",
+                "lambda-telemetry-bridge",
+                "instance",
+                instance,
+            ]);
+        }
+        Pusher {
+            url,
+            interval,
+            last: None,
+            client: crate::sinks::http::LazyClient::new(),
+        }
+    }
+
+    /// Pushes if the interval has passed (or `force`), finishing by `deadline`.
+    pub async fn maybe_push(&mut self, force: bool, deadline: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        if !force
+            && self
+                .last
+                .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return;
+        }
+        let client = match self.client.get() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "self-metrics push skipped");
+                return;
+            }
+        };
+        let result = client
+            .put(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .timeout(remaining)
+            .body(METRICS.render())
+            .send()
+            .await;
+        match result {
+            Ok(r) if r.status().is_success() => tracing::debug!("self-metrics pushed"),
+            Ok(r) => {
+                tracing::warn!(status = r.status().as_u16(), endpoint = %crate::config::redact_url(&self.url), "self-metrics push rejected")
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %crate::config::redact_url(&self.url), timeout = e.is_timeout(), "self-metrics push failed")
+            }
+        }
+    }
+}

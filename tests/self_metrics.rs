@@ -1,0 +1,112 @@
+//! Issue "local observability stack", part 1: the bridge's own Prometheus metrics, scraped from its
+//! `/metrics` endpoint during a run and pushed to a (recording) Pushgateway at shutdown.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A blocking scrape (the simulator's progress callback is synchronous).
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let gateway = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("pushgateway");
+        let port = free_port();
+        let scraped = Arc::new(Mutex::new(String::new()));
+        let mut cfg = config(
+            6,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_METRICS_ADDR", format!("127.0.0.1:{port}")),
+                ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
+                ("BRIDGE_PUSH_INTERVAL_MS", "3600000".into()),
+            ],
+        );
+        let into = scraped.clone();
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index == 4 {
+                *into.lock().expect("lock") = scrape(port);
+            }
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+
+        let text = scraped.lock().expect("lock").clone();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            value(&text, "bridge_invocations_total").is_some_and(|v| v >= 4.0),
+            "{text}"
+        );
+        assert!(value(
+            &text,
+            "bridge_events_received_total{type=\"platform.start\"}"
+        )
+        .is_some_and(|v| v >= 4.0));
+        assert!(
+            value(&text, "bridge_sink_events_sent_total{sink=\"raw_json\"}")
+                .is_some_and(|v| v > 0.0)
+        );
+        assert!(value(
+            &text,
+            "bridge_flush_duration_seconds_count{reason=\"invoke\"}"
+        )
+        .is_some_and(|v| v >= 4.0));
+        assert!(value(&text, "bridge_listener_posts_total").is_some_and(|v| v > 0.0));
+        assert!(text.contains("bridge_queue_depth_events"));
+
+        // Pushed at the first invoke flush (interval not yet started) and at shutdown.
+        let pushes: Vec<_> = gateway.requests();
+        assert!(pushes.len() >= 2, "{} pushes", pushes.len());
+        for p in &pushes {
+            assert_eq!(p.method, "PUT");
+            assert!(
+                p.path
+                    .starts_with("/metrics/job/lambda-telemetry-bridge/instance/"),
+                "{}",
+                p.path
+            );
+        }
+        let last = String::from_utf8(pushes.last().expect("a push").body.clone()).expect("text");
+        assert_eq!(value(&last, "bridge_invocations_total"), Some(6.0));
+        let sent = value(&last, "bridge_sink_events_sent_total{sink=\"raw_json\"}").expect("sent");
+        // The shutdown push follows the final flush: it counts every event delivered.
+        assert_eq!(sent as usize, sink.received_events().len());
+    });
+}
