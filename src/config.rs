@@ -230,8 +230,9 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(1_000);
-/// Sized for a 128 MB function: 8 MiB of queued telemetry at most.
-pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 10_000;
+/// Sized for a 128 MB function: 8 MiB of queued telemetry at most, and room for two of the
+/// largest POSTs Lambda sends (maxItems ≤ 10,000).
+pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 20_000;
 pub const DEFAULT_QUEUE_MAX_BYTES: usize = 8 * 1024 * 1024;
 const SANDBOX_HOST: &str = "sandbox.localdomain";
 

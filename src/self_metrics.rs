@@ -189,21 +189,6 @@ impl SelfMetrics {
 /// The process-wide self-metrics.
 pub static METRICS: LazyLock<SelfMetrics> = LazyLock::new(SelfMetrics::new);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kind_has_its_counter() {
-        for kind in KINDS {
-            METRICS.event_received(kind);
-        }
-        let text = String::from_utf8(METRICS.render()).expect("utf-8");
-        assert!(text.contains("bridge_events_received_total{type=\"platform.runtimeDone\"} 1"));
-        assert!(text.contains("bridge_events_received_total{type=\"unknown\"} 1"));
-    }
-}
-
 /// Serves `GET /metrics` on `addr` (on the current runtime); returns the address bound.
 pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
     use axum::http::header::CONTENT_TYPE;
@@ -293,5 +278,20 @@ impl Pusher {
                 tracing::warn!(endpoint = %crate::config::redact_url(&self.url), timeout = e.is_timeout(), "self-metrics push failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_counter() {
+        for kind in KINDS {
+            METRICS.event_received(kind);
+        }
+        let text = String::from_utf8(METRICS.render()).expect("utf-8");
+        assert!(text.contains("bridge_events_received_total{type=\"platform.runtimeDone\"} 1"));
+        assert!(text.contains("bridge_events_received_total{type=\"unknown\"} 1"));
     }
 }

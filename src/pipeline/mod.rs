@@ -143,9 +143,17 @@ impl Pipeline {
                     deadline,
                     done,
                 };
-                tokio::time::timeout_at(deadline, sink.flush(events, ctx))
-                    .await
-                    .is_err()
+                match tokio::time::timeout_at(deadline, CatchPanic(sink.flush(events, ctx))).await {
+                    Ok(Ok(())) => false,
+                    Ok(Err(())) => {
+                        tracing::error!(
+                            sink = sink.name(),
+                            "sink panicked during a flush; its undelivered events stay queued"
+                        );
+                        false
+                    }
+                    Err(_) => true,
+                }
             },
         );
         let timed_out = join_all(flushes).await;
@@ -167,6 +175,28 @@ impl Pipeline {
         METRICS.queue_depth_events.set(queue.len() as i64);
         METRICS.queue_depth_bytes.set(queue.bytes() as i64);
         report
+    }
+}
+
+/// Turns a panic while polling the inner future into `Err(())`: a sink's bug must never take
+/// the extension (and with it the function's telemetry lifecycle) down.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Pin::new(&mut *inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
     }
 }
 

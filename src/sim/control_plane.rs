@@ -51,6 +51,8 @@ pub(crate) struct Recorded {
     pub init_errors: Vec<ErrorReport>,
     pub exit_errors: Vec<ErrorReport>,
     pub next_calls: Vec<Instant>,
+    /// All `/event/next` calls (`next_calls` may hold only the latest under a history limit).
+    pub next_calls_total: usize,
     pub unknown_requests: Vec<String>,
 }
 
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     pub hub: Arc<TelemetryHub>,
     pub ctrl: mpsc::UnboundedSender<ControlMsg>,
     pub function_name: String,
+    /// Keep about this many `next_calls` (`SimConfig::history_limit`).
+    pub history_limit: Option<usize>,
 }
 
 impl Shared {
@@ -231,7 +235,17 @@ async fn next(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         return r;
     }
     let at = Instant::now();
-    shared.lock().next_calls.push(at);
+    {
+        let mut rec = shared.lock();
+        rec.next_calls.push(at);
+        rec.next_calls_total += 1;
+        if let Some(limit) = shared.history_limit.map(|l| l.max(1)) {
+            if rec.next_calls.len() >= 2 * limit {
+                let excess = rec.next_calls.len() - limit;
+                rec.next_calls.drain(..excess);
+            }
+        }
+    }
     let (tx, rx) = oneshot::channel();
     if shared
         .ctrl

@@ -1,5 +1,6 @@
 //! The driver: spawns the extension and plays Lambda's part through init, invocations and shutdown.
 
+use std::collections::BTreeMap;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::control_plane::{ControlMsg, ControlPlane, PendingNext, Shared};
 use super::events::{self, ReportArgs, RuntimeOutcome, Trace};
 use super::telemetry::{self, TelemetryHub};
-use super::{EventTiming, InvocationRecord, ProgressFn, SimConfig, SimError, SimReport};
+use super::{EventTiming, InvocationRecord, ProgressFn, RunTotals, SimConfig, SimError, SimReport};
 
 /// Lambda's PATH.
 const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin/:/bin:/opt/bin";
@@ -21,6 +22,8 @@ const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin/:/bin:/opt/bin";
 const ERROR_TYPES: [&str; 3] = ["Error", "TypeError", "Runtime.UnhandledPromiseRejection"];
 /// Slack on top of the function timeout for the extension's `/event/next` after an invoke.
 const NEXT_SLACK: Duration = Duration::from_secs(10);
+/// Captured extension output kept under a history limit (the latest part).
+const OUTPUT_LIMIT: usize = 1024 * 1024;
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
@@ -61,17 +64,22 @@ struct Driver {
     shutdown_at: Option<Instant>,
     shutdown_duration: Option<Duration>,
     killed: bool,
+    // Counts over the whole run (`invocations` may be pruned).
+    invocations_total: usize,
+    by_status: BTreeMap<String, usize>,
+    max_overhead: Option<Duration>,
 }
 
 pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
     let progress = cfg.progress.take();
-    let hub = Arc::new(TelemetryHub::default());
+    let hub = Arc::new(TelemetryHub::with_history_limit(cfg.history_limit));
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         recorded: Mutex::new(Default::default()),
         hub: hub.clone(),
         ctrl: ctrl_tx,
         function_name: cfg.function_name.clone(),
+        history_limit: cfg.history_limit,
     });
     let control_plane = ControlPlane::start(shared.clone()).await?;
     let client = http_client()?;
@@ -93,6 +101,9 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         cmd.env(k, v);
     }
     cmd.stdin(Stdio::null()).kill_on_drop(true);
+    if cfg.own_process_group {
+        cmd.process_group(0);
+    }
     if cfg.capture_output {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     } else {
@@ -106,12 +117,13 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
     let pid = child.id();
 
     let output = Arc::new(Mutex::new(String::new()));
+    let output_limit = cfg.history_limit.map(|_| OUTPUT_LIMIT);
     let mut output_tasks = Vec::new();
     if let Some(out) = child.stdout.take() {
-        output_tasks.push(tokio::spawn(capture(out, output.clone())));
+        output_tasks.push(tokio::spawn(capture(out, output.clone(), output_limit)));
     }
     if let Some(err) = child.stderr.take() {
-        output_tasks.push(tokio::spawn(capture(err, output.clone())));
+        output_tasks.push(tokio::spawn(capture(err, output.clone(), output_limit)));
     }
 
     let mut d = Driver {
@@ -137,6 +149,9 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         shutdown_at: None,
         shutdown_duration: None,
         killed: false,
+        invocations_total: 0,
+        by_status: BTreeMap::new(),
+        max_overhead: None,
     };
 
     let first_next = match d.init().await {
@@ -229,15 +244,68 @@ fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {
     env
 }
 
-async fn capture<R: tokio::io::AsyncRead + Unpin>(mut r: R, out: Arc<Mutex<String>>) {
+/// Marks where captured output was cut under a limit.
+const OUTPUT_CUT: &str = "[... earlier extension output dropped ...]\n";
+
+async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    out: Arc<Mutex<String>>,
+    limit: Option<usize>,
+) {
     let mut buf = vec![0u8; 8192];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => out
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(n) => {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                out.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if let Some(limit) = limit {
+                    keep_tail(&mut out, limit);
+                }
+            }
+        }
+    }
+}
+
+/// Once `s` is twice `limit` long, cuts it to about its last `limit` bytes (at a line start when
+/// there is one), behind a marker.
+fn keep_tail(s: &mut String, limit: usize) {
+    if s.len() < 2 * limit.max(1) {
+        return;
+    }
+    let mut cut = s.len() - limit;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    if let Some(nl) = s[cut..].find('\n') {
+        cut += nl + 1;
+    }
+    s.replace_range(..cut, OUTPUT_CUT);
+}
+
+/// Sleeps for `pause`, or less when `stop` turns true meanwhile; returns whether it did.
+async fn sleep_unless_stopped(
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    pause: Duration,
+) -> bool {
+    let Some(mut stop) = stop else {
+        tokio::time::sleep(pause).await;
+        return false;
+    };
+    let until = tokio::time::Instant::now() + pause;
+    loop {
+        if *stop.borrow_and_update() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return *stop.borrow(),
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    // The sender is gone: no stop can come any more.
+                    tokio::time::sleep_until(until).await;
+                    return *stop.borrow();
+                }
+            }
         }
     }
 }
@@ -549,11 +617,16 @@ impl Driver {
         let mut deferred = None;
         let mut errors_so_far = 0usize;
         let function_timeout = Duration::from_millis(self.cfg.function_timeout_ms);
-        for i in 0..self.cfg.invocations {
-            let Some(next) = pending.take() else { break };
+        let limit = self.cfg.invocations;
+        let mut i = 0usize;
+        while (limit == 0 || i < limit) && !self.stop_requested() {
             if i > 0 && self.cfg.between_invokes_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(self.cfg.between_invokes_ms)).await;
+                let pause = Duration::from_millis(self.cfg.between_invokes_ms);
+                if sleep_unless_stopped(self.cfg.stop.clone(), pause).await {
+                    break;
+                }
             }
+            let Some(next) = pending.take() else { break };
             let request_id = events::uuid();
             let trace = self.cfg.xray.then(Trace::new);
             let (status, error_type) = self.outcome_for(i, errors_so_far);
@@ -600,6 +673,15 @@ impl Driver {
                     &status,
                     error_type.as_deref(),
                 ));
+            }
+            if self
+                .cfg
+                .logs_dropped_every
+                .is_some_and(|n| n > 0 && (i + 1) % n == 0)
+            {
+                let records = 1 + fastrand::u64(..200);
+                let bytes = records * (80 + fastrand::u64(..120));
+                self.emit(events::logs_dropped(SystemTime::now(), records, bytes));
             }
             tokio::time::sleep_until((invoked_at + target).into()).await;
             let runtime_duration = invoked_at.elapsed();
@@ -663,7 +745,7 @@ impl Driver {
                     .flatten(),
                 extension_overhead: Some((done_sys, extension_overhead)),
             };
-            let last = i + 1 == self.cfg.invocations;
+            let last = i + 1 == limit || self.stop_requested();
             if last && got.is_some() {
                 // Lambda emits it after handing over SHUTDOWN.
                 deferred = Some((outcome, report));
@@ -684,10 +766,31 @@ impl Driver {
             if let Some(progress) = self.progress.as_mut() {
                 progress(&record);
             }
+            self.count_invocation(&record);
             self.invocations.push(record);
+            if let Some(keep) = self.cfg.history_limit.map(|l| l.max(1)) {
+                if self.invocations.len() >= 2 * keep {
+                    let excess = self.invocations.len() - keep;
+                    self.invocations.drain(..excess);
+                }
+            }
             pending = got;
+            i += 1;
+            if last {
+                break;
+            }
         }
         (pending, deferred)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.cfg.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    fn count_invocation(&mut self, r: &InvocationRecord) {
+        self.invocations_total += 1;
+        *self.by_status.entry(r.status.clone()).or_insert(0) += 1;
+        self.max_overhead = self.max_overhead.max(Some(r.extension_overhead));
     }
 
     async fn shutdown(
@@ -756,6 +859,7 @@ impl Driver {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
         let (entries, telemetry_posts) = self.hub.take();
+        let pruned = self.hub.pruned();
         let mut events_sent = Vec::new();
         let mut event_times = Vec::new();
         for e in entries.into_iter().filter(|e| e.eligible) {
@@ -766,16 +870,39 @@ impl Driver {
             });
             events_sent.push(e.value);
         }
-        let undelivered_events = event_times
+        let undelivered_events = pruned.undelivered
+            + event_times
+                .iter()
+                .filter(|t| t.delivered_at.is_none())
+                .count();
+        let mut events_by_type = pruned.by_type;
+        for t in &event_times {
+            *events_by_type.entry(t.event_type.clone()).or_insert(0) += 1;
+        }
+        let failed_posts = telemetry_posts
             .iter()
-            .filter(|t| t.delivered_at.is_none())
+            .filter(|p| !p.status.is_some_and(|s| (200..300).contains(&s)))
             .count();
+        let totals = RunTotals {
+            events_sent: pruned.events + events_sent.len(),
+            events_by_type,
+            invocations: self.invocations_total,
+            invocations_by_status: std::mem::take(&mut self.by_status),
+            max_extension_overhead: self.max_overhead,
+            telemetry_posts: pruned.posts + telemetry_posts.len(),
+            failed_telemetry_posts: pruned.failed_posts + failed_posts,
+            next_calls: 0,
+        };
         if undelivered_events > 0 {
             self.errors.push(format!(
                 "{undelivered_events} telemetry event(s) were never delivered to the extension"
             ));
         }
         let rec = std::mem::take(&mut *self.shared.lock());
+        let totals = RunTotals {
+            next_calls: rec.next_calls_total,
+            ..totals
+        };
         let extension_output =
             std::mem::take(&mut *self.output.lock().unwrap_or_else(|e| e.into_inner()));
         SimReport {
@@ -808,6 +935,7 @@ impl Driver {
             killed: self.killed,
             extension_output,
             errors: self.errors,
+            totals,
         }
     }
 }
@@ -835,5 +963,26 @@ fn log_line(request_id: &str, k: usize, n: usize, status: &str, error_type: Opti
         events::function_text_log(now, request_id, level, &message)
     } else {
         events::function_json_log(now, request_id, level, &message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_tail_cuts_at_a_line_behind_a_marker() {
+        let mut s = String::new();
+        for i in 0..100 {
+            s.push_str(&format!("line {i:03} é\n"));
+        }
+        let before = s.clone();
+        keep_tail(&mut s, 1000);
+        assert_eq!(s, before, "below twice the limit nothing is cut");
+        keep_tail(&mut s, 500);
+        assert!(s.starts_with(OUTPUT_CUT));
+        let rest = &s[OUTPUT_CUT.len()..];
+        assert!(rest.starts_with("line ") && before.ends_with(rest));
+        assert!(rest.len() <= 500 && rest.len() > 450, "{}", rest.len());
     }
 }

@@ -252,6 +252,23 @@ pub fn function_json_log(time: SystemTime, request_id: &str, level: &str, messag
     )
 }
 
+/// Reason Lambda gives in `platform.logsDropped`.
+pub const LOGS_DROPPED_REASON: &str =
+    "Consumer seems to have fallen behind as it has not acknowledged receipt of logs.";
+
+/// `platform.logsDropped`: Lambda dropped log records because a subscriber fell behind.
+pub fn logs_dropped(time: SystemTime, dropped_records: u64, dropped_bytes: u64) -> Value {
+    event(
+        "platform.logsDropped",
+        time,
+        json!({
+            "reason": LOGS_DROPPED_REASON,
+            "droppedRecords": dropped_records,
+            "droppedBytes": dropped_bytes,
+        }),
+    )
+}
+
 /// What happened in one invocation's runtime phase.
 #[derive(Debug, Clone)]
 pub struct RuntimeOutcome {

@@ -4,6 +4,7 @@
 //!
 //! Events are written as raw JSON shaped like the AWS schema (see [`events`]), never through the
 //! extension's own Rust types, so that a mistake in those types cannot cancel out in tests.
+//! [`otlp_receiver`] decodes what a [`RecordingEndpoint`] used as OTLP/HTTP receiver got.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lambda_telemetry_bridge::sim::SimError> {
@@ -32,11 +33,12 @@ use serde_json::Value;
 mod control_plane;
 mod driver;
 pub mod events;
+pub mod otlp_receiver;
 mod recorder;
 mod telemetry;
 
 pub use control_plane::{parse_http_uri, validate_subscription, SCHEMA_VERSIONS};
-pub use recorder::{Behaviour, RecordedRequest, RecordingEndpoint};
+pub use recorder::{posted_events, Behaviour, RecordedRequest, RecordingEndpoint};
 pub use telemetry::{Subscription, RETRIES, RETRY_BACKOFF};
 
 /// Errors of the simulator.
@@ -79,8 +81,17 @@ pub struct SimConfig {
     /// Give the extension the simulator's whole environment too (default false: a clean
     /// Lambda-like environment with only `PATH`, the Lambda variables and `extension_env`).
     pub inherit_env: bool,
-    /// Number of invocations.
+    /// Number of invocations; 0: no limit, invocations go on until [`stop`](Self::stop) turns
+    /// true.
     pub invocations: usize,
+    /// When this turns `true`, the current invocation is finished, no new one starts and the
+    /// extension gets SHUTDOWN as after the last invocation.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Keep at most about this many events, telemetry POSTs, invocations and `/event/next` calls
+    /// in the report (the oldest finished ones are dropped; [`SimReport::totals`] keeps counting
+    /// them) and only the last 1 MiB of the extension's captured output. For long runs; `None`
+    /// (the default) keeps everything.
+    pub history_limit: Option<usize>,
     /// Function name (`AWS_LAMBDA_FUNCTION_NAME`, register answer, ARN).
     pub function_name: String,
     /// Configured memory (MB).
@@ -97,6 +108,8 @@ pub struct SimConfig {
     pub error_every: Option<usize>,
     /// Every Nth invocation ends with status `timeout` (takes precedence over `error_every`).
     pub timeout_every: Option<usize>,
+    /// Every Nth invocation, Lambda also emits a `platform.logsDropped` event.
+    pub logs_dropped_every: Option<usize>,
     /// Idle time between two invocations.
     pub between_invokes_ms: u64,
     /// SIGSTOP the extension once it called `/event/next` after an invocation, SIGCONT right
@@ -110,6 +123,10 @@ pub struct SimConfig {
     pub telemetry_post_timeout_ms: u64,
     /// Capture the extension's stdout and stderr into the report (else they are inherited).
     pub capture_output: bool,
+    /// Start the extension in a process group of its own, so that a Ctrl-C in the terminal (which
+    /// signals the whole foreground group) reaches only the simulator, which then shuts the
+    /// extension down the Lambda way. Default false.
+    pub own_process_group: bool,
     /// Give INVOKE and the platform events an X-Ray tracing header.
     pub xray: bool,
     /// Emit `platform.restore*` events (SnapStart restore) instead of `platform.init*`.
@@ -130,6 +147,8 @@ impl Default for SimConfig {
             extension_env: Vec::new(),
             inherit_env: false,
             invocations: 20,
+            stop: None,
+            history_limit: None,
             function_name: "sim-function".into(),
             memory_mb: 128,
             function_timeout_ms: 3000,
@@ -138,12 +157,14 @@ impl Default for SimConfig {
             log_lines_per_invoke: 3,
             error_every: None,
             timeout_every: None,
+            logs_dropped_every: None,
             between_invokes_ms: 0,
             freeze_between_invokes: false,
             shutdown_deadline_ms: 2000,
             init_timeout_ms: 10_000,
             telemetry_post_timeout_ms: 10_000,
             capture_output: true,
+            own_process_group: false,
             xray: true,
             snap_start: false,
             flush_before_shutdown: false,
@@ -159,6 +180,8 @@ impl fmt::Debug for SimConfig {
             .field("extension_env", &self.extension_env)
             .field("inherit_env", &self.inherit_env)
             .field("invocations", &self.invocations)
+            .field("stop", &self.stop.as_ref().map(|s| *s.borrow()))
+            .field("history_limit", &self.history_limit)
             .field("function_name", &self.function_name)
             .field("memory_mb", &self.memory_mb)
             .field("function_timeout_ms", &self.function_timeout_ms)
@@ -167,12 +190,14 @@ impl fmt::Debug for SimConfig {
             .field("log_lines_per_invoke", &self.log_lines_per_invoke)
             .field("error_every", &self.error_every)
             .field("timeout_every", &self.timeout_every)
+            .field("logs_dropped_every", &self.logs_dropped_every)
             .field("between_invokes_ms", &self.between_invokes_ms)
             .field("freeze_between_invokes", &self.freeze_between_invokes)
             .field("shutdown_deadline_ms", &self.shutdown_deadline_ms)
             .field("init_timeout_ms", &self.init_timeout_ms)
             .field("telemetry_post_timeout_ms", &self.telemetry_post_timeout_ms)
             .field("capture_output", &self.capture_output)
+            .field("own_process_group", &self.own_process_group)
             .field("xray", &self.xray)
             .field("snap_start", &self.snap_start)
             .field("flush_before_shutdown", &self.flush_before_shutdown)
@@ -248,6 +273,28 @@ pub struct EventTiming {
     pub delivered_at: Option<Instant>,
 }
 
+/// Counts over a whole run. Without [`SimConfig::history_limit`] they equal what the report's
+/// lists give; with it, they also count what was dropped from those lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunTotals {
+    /// Events of the subscribed stream emitted (cf. `SimReport::events_sent`).
+    pub events_sent: usize,
+    /// Those events per `type`.
+    pub events_by_type: BTreeMap<String, usize>,
+    /// Invocations (cf. `SimReport::invocations`).
+    pub invocations: usize,
+    /// Invocations per status (`success`, `error`, `timeout`).
+    pub invocations_by_status: BTreeMap<String, usize>,
+    /// The longest extension overhead of an invocation.
+    pub max_extension_overhead: Option<Duration>,
+    /// POST attempts to the telemetry destination (cf. `SimReport::telemetry_posts`).
+    pub telemetry_posts: usize,
+    /// Those not answered with 2xx.
+    pub failed_telemetry_posts: usize,
+    /// `/event/next` calls (cf. `SimReport::next_calls`).
+    pub next_calls: usize,
+}
+
 /// Everything that happened during a run.
 #[derive(Debug, Clone)]
 pub struct SimReport {
@@ -282,7 +329,8 @@ pub struct SimReport {
     pub events_sent: Vec<Value>,
     /// Timing of each of `events_sent`.
     pub event_times: Vec<EventTiming>,
-    /// Events of `events_sent` never delivered (dropped after retries, or still buffered at exit).
+    /// Events of the run never delivered (dropped after retries, or still buffered at exit),
+    /// counted over the whole run like [`totals`](Self::totals).
     pub undelivered_events: usize,
     /// Invocations, in order.
     pub invocations: Vec<InvocationRecord>,
@@ -310,6 +358,9 @@ pub struct SimReport {
     pub extension_output: String,
     /// Problems observed (a missing `/event/next`, a process that exited early, …).
     pub errors: Vec<String>,
+    /// Counts over the whole run (the lists above may hold only the latest part of it, see
+    /// [`SimConfig::history_limit`]).
+    pub totals: RunTotals,
 }
 
 impl SimReport {
@@ -329,21 +380,27 @@ impl SimReport {
             .collect()
     }
 
-    /// Number of sent events per `type`.
+    /// Number of sent events per `type` (over the whole run).
     pub fn event_counts(&self) -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for t in &self.event_times {
-            *m.entry(t.event_type.clone()).or_insert(0) += 1;
-        }
-        m
+        self.totals.events_by_type.clone()
     }
 
-    /// Invocations with the given status.
+    /// Invocations with the given status (over the whole run).
     pub fn count_status(&self, status: &str) -> usize {
-        self.invocations
-            .iter()
-            .filter(|i| i.status == status)
-            .count()
+        self.totals
+            .invocations_by_status
+            .get(status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the lists of the report hold only the latest part of the run
+    /// ([`SimConfig::history_limit`]).
+    pub fn history_pruned(&self) -> bool {
+        self.totals.events_sent > self.events_sent.len()
+            || self.totals.invocations > self.invocations.len()
+            || self.totals.telemetry_posts > self.telemetry_posts.len()
+            || self.totals.next_calls > self.next_calls.len()
     }
 
     /// Whether the extension went through init, every invocation and shutdown cleanly: exit code

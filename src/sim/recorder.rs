@@ -106,6 +106,24 @@ impl RecordedRequest {
     }
 }
 
+/// The elements of the JSON arrays POSTed in `requests` and answered with 2xx, concatenated in
+/// order (a POSTed JSON value that is not an array counts as one element; a body that is not JSON
+/// is skipped). [`RecordingEndpoint::received_events`] over a given list of requests.
+pub fn posted_events(requests: &[RecordedRequest]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.succeeded())
+    {
+        match serde_json::from_slice::<Value>(&r.body) {
+            Ok(Value::Array(items)) => out.extend(items),
+            Ok(other) => out.push(other),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
 #[derive(Debug)]
 struct Inner {
     behaviour: Behaviour,
@@ -191,20 +209,7 @@ impl RecordingEndpoint {
     /// order (a POSTed JSON value that is not an array counts as one element; a body that is not
     /// JSON is skipped).
     pub fn received_events(&self) -> Vec<Value> {
-        let inner = self.state.lock();
-        let mut out = Vec::new();
-        for r in inner
-            .requests
-            .iter()
-            .filter(|r| r.method == "POST" && r.succeeded())
-        {
-            match serde_json::from_slice::<Value>(&r.body) {
-                Ok(Value::Array(items)) => out.extend(items),
-                Ok(other) => out.push(other),
-                Err(_) => {}
-            }
-        }
-        out
+        posted_events(&self.state.lock().requests)
     }
 
     /// Changes how later requests are answered (the count of already-failed requests is kept).
@@ -215,6 +220,18 @@ impl RecordingEndpoint {
     /// Forgets the recorded requests (the failure count is kept).
     pub fn clear(&self) {
         self.state.lock().requests.clear();
+    }
+
+    /// Takes the requests recorded so far out, in arrival order: later calls return only what
+    /// arrived since. For a long run, a caller that counts what it needs and calls this now and
+    /// then keeps the endpoint's memory bounded.
+    pub fn take_requests(&self) -> Vec<RecordedRequest> {
+        std::mem::take(&mut self.state.lock().requests)
+    }
+
+    /// Number of requests received since the start (taken or cleared ones included).
+    pub fn requests_seen(&self) -> usize {
+        self.state.lock().seen
     }
 
     /// Waits until at least `n` requests were recorded, or `timeout`. Returns whether they were.

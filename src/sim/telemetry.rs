@@ -2,7 +2,7 @@
 //! delivers it in batches to the subscribed destination, honouring the subscription's buffering
 //! limits (maxItems, maxBytes, timeoutMs) the way Lambda does.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,10 +44,27 @@ pub(crate) struct Entry {
     pub dropped: bool,
 }
 
+/// What the hub dropped from its records under a history limit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pruned {
+    /// Eligible events.
+    pub events: usize,
+    /// Those per type.
+    pub by_type: BTreeMap<String, usize>,
+    /// Those never delivered.
+    pub undelivered: usize,
+    /// POST attempts.
+    pub posts: usize,
+    /// Those not answered with 2xx.
+    pub failed_posts: usize,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    entries: Vec<Entry>,
-    /// Indices of eligible entries not yet taken by a batch, in emission order.
+    entries: VecDeque<Entry>,
+    /// Emission number of `entries[0]` (entries before it were pruned).
+    base: usize,
+    /// Emission numbers of eligible entries not yet taken by a batch, in emission order.
     queue: VecDeque<usize>,
     sub: Option<Subscription>,
     subscribed_at: Option<Instant>,
@@ -57,6 +74,56 @@ struct Inner {
     /// The sandbox is frozen: no new POST starts (one in flight just hangs until the thaw).
     paused: bool,
     stopped: bool,
+    /// Keep about this many entries and posts (finished ones are pruned, oldest first).
+    limit: Option<usize>,
+    pruned: Pruned,
+}
+
+impl Inner {
+    /// The entry with emission number `i` (which must not have been pruned: only finished
+    /// entries are, and those are in no queue or batch).
+    fn entry(&self, i: usize) -> &Entry {
+        &self.entries[i - self.base]
+    }
+
+    fn entry_mut(&mut self, i: usize) -> &mut Entry {
+        let base = self.base;
+        &mut self.entries[i - base]
+    }
+
+    /// Under a limit, drops the oldest finished entries beyond it, and old posts, counting them.
+    fn prune(&mut self) {
+        let Some(limit) = self.limit else { return };
+        let subscribed = self.sub.is_some();
+        while self.entries.len() > limit {
+            let finished = self.entries.front().is_some_and(|e| {
+                e.delivered_at.is_some() || e.dropped || (subscribed && !e.eligible)
+            });
+            if !finished {
+                break;
+            }
+            if let Some(e) = self.entries.pop_front() {
+                self.base += 1;
+                if e.eligible {
+                    self.pruned.events += 1;
+                    *self.pruned.by_type.entry(e.event_type).or_insert(0) += 1;
+                    if e.delivered_at.is_none() {
+                        self.pruned.undelivered += 1;
+                    }
+                }
+            }
+        }
+        let limit = limit.max(1);
+        if self.posts.len() >= 2 * limit {
+            let excess = self.posts.len() - limit;
+            for p in self.posts.drain(..excess) {
+                self.pruned.posts += 1;
+                if !p.status.is_some_and(|s| (200..300).contains(&s)) {
+                    self.pruned.failed_posts += 1;
+                }
+            }
+        }
+    }
 }
 
 /// The event buffer shared by the driver, the control plane and the delivery task.
@@ -78,6 +145,19 @@ impl TelemetryHub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A hub that keeps only about `limit` events and POST records (see
+    /// `SimConfig::history_limit`); what it drops is counted in [`pruned`](Self::pruned).
+    pub fn with_history_limit(limit: Option<usize>) -> TelemetryHub {
+        let hub = TelemetryHub::default();
+        hub.lock().limit = limit;
+        hub
+    }
+
+    /// What was dropped from the records so far.
+    pub fn pruned(&self) -> Pruned {
+        self.lock().pruned.clone()
+    }
+
     /// Buffers one event (already shaped like the AWS schema).
     pub fn emit(&self, value: Value) {
         let event_type = value
@@ -91,8 +171,8 @@ impl TelemetryHub {
             Some(sub) => sub.types.iter().any(|t| t == events::category(&event_type)),
             None => true,
         };
-        let index = inner.entries.len();
-        inner.entries.push(Entry {
+        let index = inner.base + inner.entries.len();
+        inner.entries.push_back(Entry {
             value,
             event_type,
             raw,
@@ -104,6 +184,7 @@ impl TelemetryHub {
         if eligible {
             inner.queue.push_back(index);
         }
+        inner.prune();
         drop(inner);
         self.notify.notify_one();
     }
@@ -121,8 +202,8 @@ impl TelemetryHub {
                     .any(|t| t == events::category(&e.event_type));
             }
         }
-        let entries = &inner.entries;
-        inner.queue.retain(|&i| entries[i].eligible);
+        let (entries, base) = (&inner.entries, inner.base);
+        inner.queue.retain(|&i| entries[i - base].eligible);
         inner.sub = Some(sub);
         inner.subscribed_at = Some(Instant::now());
         self.notify.notify_one();
@@ -168,11 +249,11 @@ impl TelemetryHub {
         self.notify.notify_one();
     }
 
-    /// Takes the recorded state out (for the report).
+    /// Takes the recorded state out (for the report): the entries and posts not pruned.
     pub fn take(&self) -> (Vec<Entry>, Vec<TelemetryPost>) {
         let mut inner = self.lock();
         (
-            std::mem::take(&mut inner.entries),
+            Vec::from(std::mem::take(&mut inner.entries)),
             std::mem::take(&mut inner.posts),
         )
     }
@@ -193,7 +274,7 @@ impl TelemetryHub {
             return Next::Wait;
         };
         let subscribed_at = inner.subscribed_at.unwrap_or_else(Instant::now);
-        let started = inner.entries[head].emitted_at.max(subscribed_at);
+        let started = inner.entry(head).emitted_at.max(subscribed_at);
         let due = started + sub.timeout;
 
         // Count what is buffered, up to the point where a limit is reached.
@@ -202,7 +283,7 @@ impl TelemetryHub {
         let mut full = false;
         for &i in inner.queue.iter() {
             take += 1;
-            bytes += inner.entries[i].raw.len();
+            bytes += inner.entry(i).raw.len();
             if take >= sub.max_items || bytes >= sub.max_bytes {
                 full = true;
                 break;
@@ -221,7 +302,7 @@ impl TelemetryHub {
         let mut body = Vec::with_capacity(
             2 + batch
                 .iter()
-                .map(|&i| inner.entries[i].raw.len() + 1)
+                .map(|&i| inner.entry(i).raw.len() + 1)
                 .sum::<usize>(),
         );
         body.push(b'[');
@@ -229,25 +310,28 @@ impl TelemetryHub {
             if n > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&inner.entries[i].raw);
+            body.extend_from_slice(&inner.entry(i).raw);
         }
         body.push(b']');
         body
     }
 
     fn record_post(&self, post: TelemetryPost) {
-        self.lock().posts.push(post);
+        let mut inner = self.lock();
+        inner.posts.push(post);
+        inner.prune();
     }
 
     fn finish_batch(&self, batch: &[usize], delivered_at: Option<Instant>) {
         let mut inner = self.lock();
         for &i in batch {
             match delivered_at {
-                Some(at) => inner.entries[i].delivered_at = Some(at),
-                None => inner.entries[i].dropped = true,
+                Some(at) => inner.entry_mut(i).delivered_at = Some(at),
+                None => inner.entry_mut(i).dropped = true,
             }
         }
         inner.in_flight = false;
+        inner.prune();
     }
 }
 
@@ -468,6 +552,49 @@ mod tests {
         assert!(entries[0].delivered_at.is_some());
         assert!(entries[1].delivered_at.is_none() && entries[1].dropped);
         assert_eq!(ep.received_events(), vec![ev("platform.start", 0)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn history_limit_prunes_finished_entries() -> Result<(), String> {
+        let ep = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .map_err(|e| e.to_string())?;
+        let hub = Arc::new(TelemetryHub::with_history_limit(Some(5)));
+        let client = crate::sim::driver::http_client().map_err(|e| e.to_string())?;
+        let _g = JoinGuard(tokio::spawn(deliver(
+            hub.clone(),
+            client,
+            Duration::from_secs(5),
+        )));
+        hub.subscribe(sub(ep.url(), &["platform"], 1000, 25));
+        for n in 0..40 {
+            hub.emit(ev(
+                if n % 4 == 0 {
+                    "function"
+                } else {
+                    "platform.start"
+                },
+                n,
+            ));
+            if n % 7 == 0 {
+                assert!(hub.flush(Duration::from_secs(2)).await);
+            }
+        }
+        assert!(hub.flush(Duration::from_secs(2)).await);
+        let expected: Vec<Value> = (0..40)
+            .filter(|n| n % 4 != 0)
+            .map(|n| ev("platform.start", n))
+            .collect();
+        assert_eq!(ep.received_events(), expected, "delivery is unaffected");
+        let pruned = hub.pruned();
+        let (entries, posts) = hub.take();
+        assert!(entries.len() <= 5, "{}", entries.len());
+        let kept = entries.iter().filter(|e| e.eligible).count();
+        assert_eq!(pruned.events + kept, 30);
+        assert_eq!(pruned.by_type.get("platform.start"), Some(&pruned.events));
+        assert_eq!(pruned.undelivered, 0);
+        assert!(posts.len() < 10 && pruned.posts + posts.len() >= 6);
         Ok(())
     }
 

@@ -210,3 +210,72 @@ pub fn nanos(time: &str) -> u64 {
         .expect("after epoch")
         .as_nanos() as u64
 }
+
+/// A port nothing listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The value of one series in Prometheus text format.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The body of the last push a recording Pushgateway received.
+pub fn last_push(gateway: &RecordingEndpoint) -> String {
+    let pushes = gateway.requests();
+    let last = pushes.last().expect("the bridge pushed its metrics");
+    String::from_utf8(last.body.clone()).expect("text format")
+}
+
+/// A blocking HTTP/1.1 POST on loopback; returns the status code (0 if the connection failed).
+pub fn post_blocking(port: u16, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peak and current RSS (kB) of the process whose environment holds `tag`.
+pub fn rss_of_tagged(tag: &str) -> Option<(u64, u64)> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let Ok(environ) = std::fs::read(path.join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        };
+        return Some((field("VmHWM:")?, field("VmRSS:")?));
+    }
+    None
+}

@@ -1,13 +1,16 @@
 //! `lambda-sim`: runs the extension against a loopback stand-in for the Lambda control plane and
-//! checks that every telemetry event made it through, exactly once and in order.
+//! checks that every telemetry event made it through, exactly once and in order; with an embedded
+//! OTLP/HTTP receiver, it also shows what the extension exported as OpenTelemetry.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use lambda_telemetry_bridge::sim::otlp_receiver::OtlpStats;
 use lambda_telemetry_bridge::sim::{
-    self, Behaviour, InvocationRecord, RecordingEndpoint, SimConfig, SimError, SimReport,
+    self, posted_events, Behaviour, InvocationRecord, RecordingEndpoint, SimConfig, SimError,
+    SimReport,
 };
 use serde_json::Value;
 
@@ -18,30 +21,47 @@ USAGE:
     lambda-sim [OPTIONS]
 
 OPTIONS:
-    --invocations N           number of invocations (default 20)
+    --invocations N           number of invocations (default 20); 0: until SIGINT/SIGTERM (Ctrl-C)
     --errors-every N          every Nth invocation ends with status \"error\"
     --timeouts-every N        every Nth invocation ends with status \"timeout\"
+    --logs-dropped-every N    every Nth invocation, Lambda also emits platform.logsDropped
     --function-timeout-ms N   function timeout; a timed-out invocation lasts this long (default 3000)
     --between-ms N            idle time between invocations (default 0)
     --freeze                  SIGSTOP the extension between invocations, as Lambda freezes it
     --snap-start              emit SnapStart restore events instead of init events
+    --no-otlp                 do not start the embedded OTLP receiver (OTLP output stays off)
     --extension PATH          extension binary (default: lambda-telemetry-bridge next to this binary)
     --quiet                   hide the extension's own logs
     -h, --help                this help
 
 The raw JSON sink (DISPATCH_POST_URI) points to a recording endpoint started by lambda-sim, unless
-DISPATCH_POST_URI is set in the environment. BRIDGE_*, DISPATCH_*, OTEL_* and RUST_LOG variables are
-passed to the extension.";
+DISPATCH_POST_URI is set in the environment. Likewise OTLP goes to an embedded OTLP/HTTP receiver
+(OTEL_EXPORTER_OTLP_ENDPOINT), whose decoded content the summary shows (requests, spans, metrics,
+log records, the first invocation's trace as a tree), unless OTEL_EXPORTER_OTLP_ENDPOINT is set or
+--no-otlp is given. BRIDGE_* (e.g. BRIDGE_METRICS_ADDR, BRIDGE_PUSHGATEWAY_URL), DISPATCH_*,
+OTEL_* and RUST_LOG variables are passed to the extension.
+
+SIGINT or SIGTERM ends the run after the current invocation: the extension gets SHUTDOWN and the
+summary is printed. A second one aborts (the extension is killed).";
+
+/// Events (and POSTs, invocations) kept in memory by a run without an end.
+const HISTORY_LIMIT: usize = 5000;
+/// How often a run without an end counts and forgets what the endpoints received.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
+/// Width of the summary's labels.
+const LABEL: usize = 30;
 
 #[derive(Debug)]
 struct Args {
     invocations: usize,
     errors_every: Option<usize>,
     timeouts_every: Option<usize>,
+    logs_dropped_every: Option<usize>,
     function_timeout_ms: Option<u64>,
     between_ms: u64,
     freeze: bool,
     snap_start: bool,
+    no_otlp: bool,
     extension: Option<PathBuf>,
     quiet: bool,
 }
@@ -51,10 +71,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         invocations: 20,
         errors_every: None,
         timeouts_every: None,
+        logs_dropped_every: None,
         function_timeout_ms: None,
         between_ms: 0,
         freeze: false,
         snap_start: false,
+        no_otlp: false,
         extension: None,
         quiet: false,
     };
@@ -81,10 +103,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--invocations" => a.invocations = number(&flag, value())?,
             "--errors-every" | "--error-every" => a.errors_every = every(&flag, value())?,
             "--timeouts-every" | "--timeout-every" => a.timeouts_every = every(&flag, value())?,
+            "--logs-dropped-every" => a.logs_dropped_every = every(&flag, value())?,
             "--function-timeout-ms" => a.function_timeout_ms = Some(number(&flag, value())?),
             "--between-ms" => a.between_ms = number(&flag, value())?,
             "--freeze" => a.freeze = true,
             "--snap-start" => a.snap_start = true,
+            "--no-otlp" => a.no_otlp = true,
             "--quiet" | "-q" => a.quiet = true,
             "--extension" => {
                 a.extension = Some(PathBuf::from(value().ok_or("--extension needs a path")?))
@@ -102,6 +126,48 @@ fn default_extension() -> Result<PathBuf, String> {
         .parent()
         .ok_or("cannot locate the directory of lambda-sim")?;
     Ok(dir.join("lambda-telemetry-bridge"))
+}
+
+/// SIGINT / SIGTERM: the first asks for a graceful end, the second aborts the run, a third (should
+/// the process not react) exits at once.
+mod signals {
+    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+    static LAST: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        // Only lock-free atomics and _exit here: all async-signal-safe.
+        LAST.store(sig, Ordering::SeqCst);
+        if RECEIVED.fetch_add(1, Ordering::SeqCst) >= 2 {
+            // SAFETY: _exit(2) is async-signal-safe and has no preconditions.
+            unsafe { libc::_exit(130) };
+        }
+    }
+
+    pub fn install() {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only touches atomics and calls _exit, which is allowed in a
+            // signal handler; it is installed before any other thread exists.
+            unsafe {
+                libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+            }
+        }
+    }
+
+    /// Signals received so far.
+    pub fn received() -> usize {
+        RECEIVED.load(Ordering::SeqCst)
+    }
+
+    /// The name of the last signal received.
+    pub fn last_name() -> &'static str {
+        match LAST.load(Ordering::SeqCst) {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            _ => "a signal",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -122,6 +188,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    signals::install();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,8 +200,9 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Ok(Outcome::Aborted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("lambda-sim: {e}");
             ExitCode::FAILURE
@@ -142,8 +210,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the simulation; `Ok(true)` when the extension behaved.
-async fn run(args: Args) -> Result<bool, String> {
+enum Outcome {
+    Ok,
+    Failed,
+    Aborted,
+}
+
+/// What the raw JSON endpoint received.
+enum RawReceived {
+    /// Every event (a run with an end): compared with what was sent, event by event.
+    All(Vec<Value>),
+    /// Only counted (a run without an end).
+    Counted(usize),
+    /// The user's DISPATCH_POST_URI.
+    External,
+}
+
+/// Where OTLP went.
+enum OtlpTarget {
+    Embedded { url: String, protocol: String },
+    External(String),
+    Off,
+}
+
+/// Runs the simulation.
+async fn run(args: Args) -> Result<Outcome, String> {
     let extension = match args.extension.clone() {
         Some(p) => p,
         None => default_extension()?,
@@ -155,9 +246,11 @@ async fn run(args: Args) -> Result<bool, String> {
             extension.display()
         ));
     }
+    let forever = args.invocations == 0;
 
     // Environment for the extension: the user's BRIDGE_*, DISPATCH_*, OTEL_* and RUST_LOG, plus a
-    // recording endpoint as the raw JSON sink unless the user pointed it elsewhere.
+    // recording endpoint as the raw JSON sink unless the user pointed it elsewhere, and the
+    // embedded OTLP receiver likewise.
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| {
             k.starts_with("BRIDGE_")
@@ -167,7 +260,10 @@ async fn run(args: Args) -> Result<bool, String> {
                 || k == "RUST_BACKTRACE"
         })
         .collect();
-    let endpoint = if env.iter().any(|(k, _)| k == "DISPATCH_POST_URI") {
+    let user_var = |env: &[(String, String)], name: &str| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let endpoint = if user_var(&env, "DISPATCH_POST_URI").is_some() {
         None
     } else {
         let ep = RecordingEndpoint::start(Behaviour::ok())
@@ -176,12 +272,33 @@ async fn run(args: Args) -> Result<bool, String> {
         env.push(("DISPATCH_POST_URI".into(), ep.url()));
         Some(ep)
     };
+    let (collector, otlp_target) = match user_var(&env, "OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Some(url) => (None, OtlpTarget::External(url)),
+        None if args.no_otlp => (None, OtlpTarget::Off),
+        None => {
+            let ep = RecordingEndpoint::start(Behaviour::ok())
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = format!("http://{}", ep.addr());
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()));
+            let protocol = user_var(&env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+                .unwrap_or_else(|| "http/protobuf".into());
+            (Some(ep), OtlpTarget::Embedded { url, protocol })
+        }
+    };
 
-    println!(
-        "lambda-sim: {} invocation(s) of {}",
-        args.invocations,
-        extension.display()
-    );
+    if forever {
+        println!(
+            "lambda-sim: invocations until SIGINT/SIGTERM (Ctrl-C) of {}",
+            extension.display()
+        );
+    } else {
+        println!(
+            "lambda-sim: {} invocation(s) of {}",
+            args.invocations,
+            extension.display()
+        );
+    }
     match &endpoint {
         Some(ep) => println!(
             "lambda-sim: raw JSON sink -> recording endpoint {}",
@@ -189,17 +306,32 @@ async fn run(args: Args) -> Result<bool, String> {
         ),
         None => println!("lambda-sim: raw JSON sink -> DISPATCH_POST_URI from the environment"),
     }
+    match &otlp_target {
+        OtlpTarget::Embedded { url, protocol } => {
+            println!("lambda-sim: OTLP -> embedded receiver {url} ({protocol})")
+        }
+        OtlpTarget::External(url) => {
+            println!("lambda-sim: OTLP -> {url} (OTEL_EXPORTER_OTLP_ENDPOINT from the environment)")
+        }
+        OtlpTarget::Off => println!("lambda-sim: OTLP -> off (--no-otlp)"),
+    }
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut cfg = SimConfig {
         extension_path: extension,
         extension_env: env,
         invocations: args.invocations,
+        stop: Some(stop_rx),
+        history_limit: forever.then_some(HISTORY_LIMIT),
         error_every: args.errors_every,
         timeout_every: args.timeouts_every,
+        logs_dropped_every: args.logs_dropped_every,
         between_invokes_ms: args.between_ms,
         freeze_between_invokes: args.freeze,
         snap_start: args.snap_start,
         capture_output: args.quiet,
+        // Ctrl-C reaches only lambda-sim, which then shuts the extension down as Lambda would.
+        own_process_group: true,
         progress: Some(Box::new(print_invocation)),
         ..SimConfig::default()
     };
@@ -207,20 +339,83 @@ async fn run(args: Args) -> Result<bool, String> {
         cfg.function_timeout_ms = t;
     }
 
-    let report = match sim::run(cfg).await {
+    let mut otlp = OtlpStats::new();
+    let mut raw_count = 0usize;
+    let mut stopped_by: Option<&'static str> = None;
+    let drain = |otlp: &mut OtlpStats, raw_count: &mut usize, raw_too: bool| {
+        if let Some(c) = &collector {
+            otlp.add(&c.take_requests());
+        }
+        if raw_too {
+            if let Some(ep) = &endpoint {
+                *raw_count += posted_events(&ep.take_requests()).len();
+            }
+        }
+    };
+
+    let sim_run = sim::run(cfg);
+    tokio::pin!(sim_run);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_drain = Instant::now();
+    let result = loop {
+        tokio::select! {
+            r = &mut sim_run => break Some(r),
+            _ = tick.tick() => {
+                match signals::received() {
+                    0 => {}
+                    1 => {
+                        if stopped_by.is_none() {
+                            let name = signals::last_name();
+                            stopped_by = Some(name);
+                            println!(
+                                "lambda-sim: {name}: finishing the current invocation, then SHUTDOWN \
+                                 (again to abort)"
+                            );
+                            let _ = stop_tx.send(true);
+                        }
+                    }
+                    _ => break None,
+                }
+                if last_drain.elapsed() >= DRAIN_EVERY {
+                    drain(&mut otlp, &mut raw_count, forever);
+                    last_drain = Instant::now();
+                }
+            }
+        }
+    };
+    let Some(result) = result else {
+        // Dropping the run kills the extension.
+        println!("lambda-sim: aborted");
+        return Ok(Outcome::Aborted);
+    };
+
+    let report = match result {
         Ok(r) => r,
         Err(SimError::InitFailed { reason, report }) => {
             println!();
             println!("INIT FAILED: {reason}");
             print_failure_details(&report, &reason);
-            return Ok(false);
+            return Ok(Outcome::Failed);
         }
         Err(e) => return Err(e.to_string()),
     };
 
     // The extension has exited: whatever it forwarded has arrived.
-    let received = endpoint.as_ref().map(|ep| ep.received_events());
-    Ok(summary(&report, received.as_deref()))
+    drain(&mut otlp, &mut raw_count, forever);
+    let raw = match &endpoint {
+        None => RawReceived::External,
+        Some(_) if forever => RawReceived::Counted(raw_count),
+        Some(ep) => RawReceived::All(ep.received_events()),
+    };
+    if let Some(name) = stopped_by {
+        println!(
+            "lambda-sim: stopped by {name} after {} invocation(s)",
+            report.totals.invocations
+        );
+    }
+    let ok = summary(&report, &raw, &otlp_target, &otlp);
+    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
 }
 
 fn print_invocation(r: &InvocationRecord) {
@@ -333,50 +528,54 @@ fn opt_ms(d: Option<Duration>) -> String {
 }
 
 /// Prints the summary; returns whether the run was good.
-fn summary(report: &SimReport, received: Option<&[Value]>) -> bool {
+fn summary(
+    report: &SimReport,
+    received: &RawReceived,
+    otlp_target: &OtlpTarget,
+    otlp: &OtlpStats,
+) -> bool {
     let mut ok = true;
+    let totals = &report.totals;
     println!();
     println!("Summary");
     println!("=======");
 
-    let counts = report.event_counts();
     println!(
-        "events sent by Lambda          {:>6}",
-        report.events_sent.len()
+        "{:<LABEL$} {:>6}",
+        "events sent by Lambda", totals.events_sent
     );
-    for (ty, n) in &counts {
+    for (ty, n) in report.event_counts() {
         println!("  {ty:<30} {n:>4}");
     }
-    let delivered = report.events_sent.len() - report.undelivered_events;
-    println!("delivered to the extension     {delivered:>6}");
+    let delivered = totals.events_sent.saturating_sub(report.undelivered_events);
+    println!("{:<LABEL$} {delivered:>6}", "delivered to the extension");
     if report.undelivered_events > 0 {
         ok = false;
         println!(
-            "  LOST before the extension    {:>6}",
-            report.undelivered_events
+            "{:<LABEL$} {:>6}",
+            "  LOST before the extension", report.undelivered_events
         );
     }
-    let failed_posts = report
-        .telemetry_posts
-        .iter()
-        .filter(|p| !p.status.is_some_and(|s| (200..300).contains(&s)))
-        .count();
     println!(
-        "telemetry POSTs                {:>6}  ({} failed)",
-        report.telemetry_posts.len(),
-        failed_posts
+        "{:<LABEL$} {:>6}  ({} failed)",
+        "telemetry POSTs", totals.telemetry_posts, totals.failed_telemetry_posts
     );
 
     match received {
-        Some(received) => {
-            println!("received by raw JSON endpoint  {:>6}", received.len());
+        RawReceived::All(received) => {
+            println!(
+                "{:<LABEL$} {:>6}",
+                "received by raw JSON endpoint",
+                received.len()
+            );
             let x = exactly_once(&report.events_sent, received);
             if x.ok {
-                println!("exactly once, in order         yes");
+                println!("{:<LABEL$} yes", "exactly once, in order");
             } else {
                 ok = false;
                 println!(
-                    "exactly once, in order         NO  (missing {}, duplicated {}, unexpected {}, order {})",
+                    "{:<LABEL$} NO  (missing {}, duplicated {}, unexpected {}, order {})",
+                    "exactly once, in order",
                     x.missing,
                     x.duplicated,
                     x.unexpected,
@@ -384,25 +583,42 @@ fn summary(report: &SimReport, received: Option<&[Value]>) -> bool {
                 );
             }
         }
-        None => {
-            println!("received by raw JSON endpoint       -  (DISPATCH_POST_URI set by the user)")
+        RawReceived::Counted(n) => {
+            println!("{:<LABEL$} {n:>6}", "received by raw JSON endpoint");
+            if *n == totals.events_sent {
+                println!("{:<LABEL$} yes", "exactly once (by count)");
+            } else {
+                ok = false;
+                println!(
+                    "{:<LABEL$} NO  (sent {}, received {n})",
+                    "exactly once (by count)", totals.events_sent
+                );
+            }
+        }
+        RawReceived::External => {
+            println!(
+                "{:<LABEL$}      -  (DISPATCH_POST_URI set by the user)",
+                "received by raw JSON endpoint"
+            )
         }
     }
 
-    let n = report.invocations.len();
     println!(
-        "invocations                    {:>6}  ({} success, {} error, {} timeout)",
-        n,
+        "{:<LABEL$} {:>6}  ({} success, {} error, {} timeout)",
+        "invocations",
+        totals.invocations,
         report.count_status("success"),
         report.count_status("error"),
         report.count_status("timeout")
     );
     println!(
-        "cold start (spawn -> ready)    {:>9}",
+        "{:<LABEL$} {:>9}",
+        "cold start (spawn -> ready)",
         opt_ms(report.cold_start)
     );
     println!(
-        "init duration (initReport)     {:>9}",
+        "{:<LABEL$} {:>9}",
+        "init duration (initReport)",
         opt_ms(report.init_duration)
     );
     let overheads: Vec<Duration> = report
@@ -410,13 +626,21 @@ fn summary(report: &SimReport, received: Option<&[Value]>) -> bool {
         .iter()
         .map(|i| i.extension_overhead)
         .collect();
+    let kept = overheads.len();
     println!(
-        "extension overhead / invoke    {:>9}  median, {} max",
-        opt_ms(median(overheads.clone())),
-        opt_ms(overheads.iter().max().copied())
+        "{:<LABEL$} {:>9}  median{}, {} max",
+        "extension overhead / invoke",
+        opt_ms(median(overheads)),
+        if kept < totals.invocations {
+            format!(" of the last {kept}")
+        } else {
+            String::new()
+        },
+        opt_ms(totals.max_extension_overhead)
     );
     println!(
-        "shutdown (SHUTDOWN -> exit)    {:>9}",
+        "{:<LABEL$} {:>9}",
+        "shutdown (SHUTDOWN -> exit)",
         opt_ms(report.shutdown_duration)
     );
     let exit = match (report.exit_code, report.exit_signal) {
@@ -425,7 +649,8 @@ fn summary(report: &SimReport, received: Option<&[Value]>) -> bool {
         _ => "-".into(),
     };
     println!(
-        "exit code                      {:>6}{}",
+        "{:<LABEL$} {:>6}{}",
+        "exit code",
         exit,
         if report.killed {
             "  (KILLED at the deadline)"
@@ -438,17 +663,38 @@ fn summary(report: &SimReport, received: Option<&[Value]>) -> bool {
     }
     for e in &report.init_errors {
         println!(
-            "/init/error                    {}",
+            "{:<LABEL$} {}",
+            "/init/error",
             e.error_type.as_deref().unwrap_or("-")
         );
     }
     for e in &report.exit_errors {
         ok = false;
         println!(
-            "/exit/error                    {}",
+            "{:<LABEL$} {}",
+            "/exit/error",
             e.error_type.as_deref().unwrap_or("-")
         );
     }
+
+    println!();
+    match otlp_target {
+        OtlpTarget::Embedded { url, protocol } => {
+            println!("OTLP received by the embedded receiver ({url}, {protocol})");
+            for line in otlp.render(LABEL) {
+                println!("{line}");
+            }
+            if otlp.undecodable > 0 {
+                ok = false;
+            }
+        }
+        OtlpTarget::External(url) => println!(
+            "{:<LABEL$}      -  (sent to {url}, OTEL_EXPORTER_OTLP_ENDPOINT set by the user)",
+            "OTLP output"
+        ),
+        OtlpTarget::Off => println!("{:<LABEL$}      -  (off: --no-otlp)", "OTLP output"),
+    }
+
     let problems: Vec<&String> = report
         .errors
         .iter()
@@ -492,11 +738,19 @@ mod tests {
         assert!(a.as_ref().is_some_and(|a| a.invocations == 5
             && a.errors_every == Some(2)
             && a.freeze
-            && a.quiet));
+            && a.quiet
+            && !a.no_otlp));
+        let a = parse(&["--invocations=0", "--no-otlp", "--logs-dropped-every", "3"])
+            .ok()
+            .flatten();
+        assert!(a
+            .as_ref()
+            .is_some_and(|a| a.invocations == 0 && a.no_otlp && a.logs_dropped_every == Some(3)));
         assert!(matches!(parse(&["--help"]), Ok(None)));
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--invocations"]).is_err());
         assert!(parse(&["--errors-every", "0"]).is_err());
+        assert!(parse(&["--logs-dropped-every", "0"]).is_err());
     }
 
     #[test]

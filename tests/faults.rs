@@ -1,0 +1,521 @@
+//! Issue "Delivery under faults": the real binary under the Lambda stand-in while its endpoints
+//! fail, stall or vanish, and while its listener gets hostile input. Each case asserts what
+//! arrived where, what was counted as dropped, how long invokes were held, and the exit code.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint, SimReport};
+
+/// The flush timeout the cases use, and the slack allowed on top of it for the Telemetry API's
+/// buffering (25 ms) and a busy machine running a debug build.
+const FLUSH_TIMEOUT_MS: u64 = 300;
+const SLACK: Duration = Duration::from_millis(450);
+
+fn max_hold(report: &SimReport) -> Duration {
+    report
+        .invocations
+        .iter()
+        .map(|i| i.extension_overhead)
+        .max()
+        .unwrap_or_default()
+}
+
+fn assert_held_at_most_the_flush_timeout(report: &SimReport) {
+    let held = max_hold(report);
+    assert!(
+        held <= Duration::from_millis(FLUSH_TIMEOUT_MS) + SLACK,
+        "an invoke was held {held:?}"
+    );
+}
+
+#[test]
+fn raw_sink_failing_then_recovering_gets_everything_once_in_order() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::fail_first(4, 500))
+            .await
+            .expect("sink");
+        let gateway = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("gateway");
+        let report = run(config(
+            6,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
+                ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        assert_eq!(sink.received_events(), report.events_sent);
+        assert!(sink.requests().iter().filter(|r| r.status == 500).count() == 4);
+        let metrics = last_push(&gateway);
+        assert!(
+            metric_value(&metrics, "bridge_sink_retries_total{sink=\"raw_json\"}")
+                .is_some_and(|v| v >= 4.0)
+        );
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "bridge_sink_events_dropped_total{reason=\"rejected\",sink=\"raw_json\"}"
+            ),
+            None
+        );
+        assert_held_at_most_the_flush_timeout(&report);
+    });
+}
+
+#[test]
+fn raw_sink_down_for_the_whole_run_never_hurts_the_function() {
+    block_on(async {
+        let port = dead_port();
+        let mut cfg = config(
+            5,
+            &[
+                ("DISPATCH_POST_URI", format!("http://127.0.0.1:{port}/")),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
+            ],
+        );
+        cfg.shutdown_deadline_ms = 1500;
+        let report = run(cfg).await;
+        assert_eq!(report.exit_code, Some(0), "{}", report.extension_output);
+        assert!(!report.killed);
+        assert!(report.exit_errors.is_empty() && report.init_errors.is_empty());
+        assert_held_at_most_the_flush_timeout(&report);
+        assert!(report.shutdown_duration.expect("exited") < Duration::from_millis(1500));
+        let out = &report.extension_output;
+        assert!(
+            out.contains("WARN") && out.contains("events stay queued"),
+            "{out}"
+        );
+        assert!(
+            out.contains("shutdown: events not delivered before the deadline"),
+            "{out}"
+        );
+    });
+}
+
+#[test]
+fn a_slow_sink_holds_an_invoke_no_longer_than_the_flush_timeout() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok().with_delay(Duration::from_secs(5)))
+            .await
+            .expect("sink");
+        let mut cfg = config(
+            3,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
+            ],
+        );
+        cfg.shutdown_deadline_ms = 1200;
+        let report = run(cfg).await;
+        assert_eq!(report.exit_code, Some(0), "{}", report.extension_output);
+        assert!(!report.killed);
+        assert_held_at_most_the_flush_timeout(&report);
+        assert!(report.shutdown_duration.expect("exited") < Duration::from_millis(1200));
+    });
+}
+
+#[test]
+fn a_rejecting_sink_drops_with_an_error_line_and_a_count() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::always(400))
+            .await
+            .expect("sink");
+        let gateway = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("gateway");
+        let report = run(config(
+            3,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_DISPATCH_HEADERS", "x-api-key=hunter2-secret".into()),
+                ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        let out = &report.extension_output;
+        let line = out
+            .lines()
+            .find(|l| l.contains("ERROR") && l.contains("rejected the batch"))
+            .unwrap_or_else(|| panic!("an ERROR line: {out}"));
+        assert!(
+            line.contains("status=400")
+                && line.contains("endpoint=http://127.0.0.1:")
+                && line.contains("events="),
+            "{line}"
+        );
+        assert!(
+            !out.contains("hunter2-secret"),
+            "secrets never reach the logs"
+        );
+        assert!(sink
+            .requests()
+            .iter()
+            .all(|r| r.header("x-api-key") == Some("hunter2-secret")));
+        // Not retried: one POST per flush, and every event counted as dropped.
+        let dropped = metric_value(
+            &last_push(&gateway),
+            "bridge_sink_events_dropped_total{reason=\"rejected\",sink=\"raw_json\"}",
+        );
+        assert_eq!(dropped, Some(report.events_sent.len() as f64));
+        let posted: usize = sink
+            .requests()
+            .iter()
+            .filter_map(|r| r.body_json().and_then(|b| b.as_array().map(Vec::len)))
+            .sum();
+        assert_eq!(
+            posted,
+            report.events_sent.len(),
+            "each event was POSTed once"
+        );
+    });
+}
+
+#[test]
+fn a_collector_answering_503_gets_the_spans_when_it_recovers() {
+    block_on(async {
+        let collector = RecordingEndpoint::start(Behaviour::fail_first(6, 503))
+            .await
+            .expect("collector");
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let report = run(config(
+            5,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        assert_eq!(
+            sink.received_events(),
+            report.events_sent,
+            "the raw sink is not held back"
+        );
+        let spans = common::otlp::spans(&collector);
+        for invocation in &report.invocations {
+            let n = spans
+                .iter()
+                .filter(|(_, s)| {
+                    common::otlp::attr_str(&s.attributes, "faas.invocation_id")
+                        == Some(&invocation.request_id)
+                })
+                .count();
+            assert_eq!(
+                n, 1,
+                "invocation {} exported exactly once",
+                invocation.index
+            );
+        }
+        assert_held_at_most_the_flush_timeout(&report);
+    });
+}
+
+#[test]
+fn both_outputs_down_at_shutdown_still_exit_zero_in_time() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let collector = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("collector");
+        let (sink_url, collector_url) = (sink.url(), collector.url());
+        let mut cfg = config(
+            3,
+            &[
+                ("DISPATCH_POST_URI", sink_url),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url),
+            ],
+        );
+        cfg.shutdown_deadline_ms = 1000;
+        // Both go down after the last invocation, before SHUTDOWN.
+        let (s, c) = (std::sync::Arc::new(sink), std::sync::Arc::new(collector));
+        let (s2, c2) = (s.clone(), c.clone());
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index == 2 {
+                s2.set_behaviour(Behaviour::always(503).with_delay(Duration::from_secs(10)));
+                c2.set_behaviour(Behaviour::always(503).with_delay(Duration::from_secs(10)));
+            }
+        }));
+        let report = run(cfg).await;
+        assert_eq!(report.exit_code, Some(0), "{}", report.extension_output);
+        assert!(!report.killed);
+        assert!(report.shutdown_duration.expect("exited") < Duration::from_millis(1000));
+        drop((s, c));
+    });
+}
+
+#[test]
+fn hostile_input_gets_a_4xx_and_leaves_valid_events_alone() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let port = dead_port();
+        let mut cfg = config(
+            3,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_LISTENER_PORT", port.to_string()),
+            ],
+        );
+        let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = statuses.clone();
+        let huge_line = format!(
+            r#"[{{"time":"2026-01-01T00:00:00.000Z","type":"function","record":"{}"}}]"#,
+            "x".repeat(200_000)
+        );
+        let too_big = vec![b' '; 2 * 262_144 + 200_000];
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index != 1 {
+                return;
+            }
+            let cases: Vec<(&str, Vec<u8>)> = vec![
+                ("not json", b"hello".to_vec()),
+                ("not an array", br#"{"type":"function","record":"x"}"#.to_vec()),
+                ("truncated", br#"[{"time":"2026-01-01T00:00:00.000Z","type":"funct"#.to_vec()),
+                ("invalid utf-8", b"[{\"type\":\"function\",\"record\":\"\xff\xfe\"}]".to_vec()),
+                ("over the limit", too_big.clone()),
+                ("odd but valid", br#"[{"time":"2026-01-01T00:00:00.000Z","type":"brand.newType","record":{"x":1}},{"type":"platform.report","record":"a string"},{"type":"platform.start","record":{"unexpected":true}},"just a string",42]"#.to_vec()),
+                ("huge log line", huge_line.clone().into_bytes()),
+            ];
+            let mut out = record.lock().expect("lock");
+            for (name, body) in cases {
+                out.push((name, post_blocking(port, &body)));
+            }
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let statuses = statuses.lock().expect("lock").clone();
+        let status = |name: &str| statuses.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+        assert_eq!(status("not json"), Some(400));
+        assert_eq!(status("not an array"), Some(400));
+        assert_eq!(status("truncated"), Some(400));
+        assert_eq!(status("invalid utf-8"), Some(400));
+        assert_eq!(status("over the limit"), Some(413));
+        assert_eq!(status("odd but valid"), Some(200));
+        assert_eq!(status("huge log line"), Some(200));
+
+        // Every simulated event still arrived, once and in order; the odd-but-valid elements and
+        // the huge line reached the raw sink unchanged.
+        let received = sink.received_events();
+        let simulated: Vec<_> = received
+            .iter()
+            .filter(|e| report.events_sent.contains(e))
+            .cloned()
+            .collect();
+        assert_eq!(simulated, report.events_sent);
+        assert!(received
+            .iter()
+            .any(|e| e["type"] == "brand.newType" && e["record"]["x"] == 1));
+        assert!(received
+            .iter()
+            .any(|e| e == &serde_json::json!("just a string")));
+        assert!(received.iter().any(|e| e == &serde_json::json!(42)));
+        assert!(received
+            .iter()
+            .any(|e| e["record"].as_str().is_some_and(|r| r.len() == 200_000)));
+        let out = &report.extension_output;
+        assert!(
+            out.contains("WARN") && out.contains("POST rejected"),
+            "{out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    });
+}
+
+#[test]
+fn a_ten_thousand_event_one_mebibyte_batch_goes_through() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let port = dead_port();
+        let mut cfg = config(
+            2,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_LISTENER_PORT", port.to_string()),
+                ("BRIDGE_BUFFER_MAX_BYTES", "1048576".into()),
+            ],
+        );
+        let mut batch = String::from("[");
+        for i in 0..10_000 {
+            if i > 0 {
+                batch.push(',');
+            }
+            batch.push_str(&format!(
+                r#"{{"time":"2026-01-01T00:00:00.000Z","type":"function","record":"line {i:05} {}"}}"#,
+                "y".repeat(40)
+            ));
+        }
+        batch.push(']');
+        assert!(batch.len() >= 1_000_000 && batch.len() <= 2 * 1_048_576);
+        let status = std::sync::Arc::new(std::sync::Mutex::new(0));
+        let into = status.clone();
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index == 1 {
+                *into.lock().expect("lock") = post_blocking(port, batch.as_bytes());
+            }
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+        assert_eq!(*status.lock().expect("lock"), 200);
+        let received = sink.received_events();
+        let missing: Vec<_> = report
+            .events_sent
+            .iter()
+            .filter(|e| !received.contains(e))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "missing {missing:?}\n{}",
+            report.extension_output
+        );
+        assert_eq!(received.len(), report.events_sent.len() + 10_000);
+        let lines: Vec<&str> = received
+            .iter()
+            .filter_map(|e| e["record"].as_str())
+            .filter(|r| r.starts_with("line "))
+            .collect();
+        assert_eq!(lines.len(), 10_000);
+        assert!(lines.windows(2).all(|w| w[0] < w[1]), "in order");
+    });
+}
+
+#[test]
+fn sigstop_sigcont_between_every_invocation_loses_and_duplicates_nothing() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let collector = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("collector");
+        let mut cfg = config(
+            8,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+            ],
+        );
+        cfg.freeze_between_invokes = true;
+        cfg.between_invokes_ms = 40;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        assert_eq!(sink.received_events(), report.events_sent);
+        let spans = common::otlp::spans(&collector);
+        for invocation in &report.invocations {
+            let n = spans
+                .iter()
+                .filter(|(_, s)| {
+                    common::otlp::attr_str(&s.attributes, "faas.invocation_id")
+                        == Some(&invocation.request_id)
+                })
+                .count();
+            assert_eq!(n, 1);
+        }
+    });
+}
+
+#[test]
+fn peak_rss_stays_flat_over_a_thousand_invocations() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let collector = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("collector");
+        let tag = format!("BRIDGE_TEST_TAG=rss-{}", std::process::id());
+        let mut cfg = config(
+            1000,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                (
+                    "BRIDGE_TEST_TAG",
+                    tag.trim_start_matches("BRIDGE_TEST_TAG=").to_string(),
+                ),
+            ],
+        );
+        cfg.log_lines_per_invoke = 2;
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = samples.clone();
+        let (sink_handle, collector_handle) =
+            (std::sync::Arc::new(sink), std::sync::Arc::new(collector));
+        let (s2, c2) = (sink_handle.clone(), collector_handle.clone());
+        cfg.progress = Some(Box::new(move |inv| {
+            // Forget what the receivers recorded so the test's own memory stays flat too.
+            if inv.index % 100 == 99 {
+                s2.clear();
+                c2.clear();
+            }
+            if inv.index == 99 || inv.index == 999 {
+                if let Some(rss) = rss_of_tagged(&tag) {
+                    into.lock().expect("lock").push(rss);
+                }
+            }
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let samples = samples.lock().expect("lock").clone();
+        assert_eq!(samples.len(), 2, "RSS sampled at invocations 100 and 1000");
+        let (peak_100, _) = samples[0];
+        let (peak_1000, _) = samples[1];
+        assert!(
+            peak_1000 <= peak_100 + 1024,
+            "peak RSS grew from {peak_100} kB to {peak_1000} kB"
+        );
+        drop((sink_handle, collector_handle));
+    });
+}
+
+#[test]
+fn queue_overflow_drops_the_oldest_counted_per_sink_with_one_warn_per_flush() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let gateway = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("gateway");
+        let report = run(config(
+            5,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH", "shutdown".into()),
+                ("BRIDGE_QUEUE_MAX_EVENTS", "10".into()),
+                ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        let received = sink.received_events();
+        let sent = &report.events_sent;
+        assert!(received.len() <= 10 && !received.is_empty());
+        // What is left is the newest events, in order.
+        assert_eq!(received.as_slice(), &sent[sent.len() - received.len()..]);
+        let dropped = metric_value(
+            &last_push(&gateway),
+            "bridge_sink_events_dropped_total{reason=\"overflow\",sink=\"raw_json\"}",
+        );
+        assert_eq!(dropped, Some((sent.len() - received.len()) as f64));
+        let warns = report
+            .extension_output
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("oldest events dropped"))
+            .count();
+        assert_eq!(warns, 1, "one WARN for the one flush that saw drops");
+    });
+}
