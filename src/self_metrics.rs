@@ -100,6 +100,18 @@ impl SelfMetrics {
         )
         .unwrap_or_else(|e| panic!("flush histogram is well-formed: {e}"));
         let _ = registry.register(Box::new(flush_duration.clone()));
+        for reason in ["invoke", "shutdown"] {
+            flush_duration.with_label_values(&[reason]);
+        }
+        let listener_rejected = counter_vec(
+            &registry,
+            "bridge_listener_rejected_total",
+            "Telemetry API requests rejected, by reason",
+            &["reason"],
+        );
+        for reason in ["method", "too_large", "body", "not_an_array"] {
+            listener_rejected.with_label_values(&[reason]);
+        }
         SelfMetrics {
             events_received: KINDS
                 .iter()
@@ -110,12 +122,7 @@ impl SelfMetrics {
                 "bridge_listener_posts_total",
                 "Telemetry API POSTs accepted",
             ),
-            listener_rejected: counter_vec(
-                &registry,
-                "bridge_listener_rejected_total",
-                "Telemetry API requests rejected, by reason",
-                &["reason"],
-            ),
+            listener_rejected,
             sink_batches: counter_vec(
                 &registry,
                 "bridge_sink_batches_total",
@@ -168,6 +175,25 @@ impl SelfMetrics {
         }
     }
 
+    /// Creates a sink's series at zero, so dashboards show 0 rather than "no data" before the
+    /// first failure or drop.
+    pub fn init_sink(&self, sink: &str) {
+        for counter in [
+            &self.sink_batches,
+            &self.sink_events_sent,
+            &self.sink_bytes_sent,
+            &self.sink_retries,
+        ] {
+            counter.with_label_values(&[sink]);
+        }
+        for reason in ["rejected", "gave_up"] {
+            self.sink_failures.with_label_values(&[sink, reason]);
+        }
+        for reason in ["overflow", "rejected"] {
+            self.sink_events_dropped.with_label_values(&[sink, reason]);
+        }
+    }
+
     pub fn event_received(&self, kind: EventKind) {
         self.events_received[kind_index(kind)].inc();
     }
@@ -211,6 +237,28 @@ pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<std::net::Sock
     Ok(bound)
 }
 
+/// RFC 4648 base64url with padding (what the Pushgateway's `@base64` path suffix expects).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Pushes the self-metrics to a Pushgateway, at most once per interval (and at shutdown).
 pub struct Pusher {
     url: reqwest::Url,
@@ -223,13 +271,16 @@ impl Pusher {
     /// `instance` groups this execution environment's series (its log stream name).
     pub fn new(base: &reqwest::Url, instance: &str, interval: std::time::Duration) -> Pusher {
         let mut url = base.clone();
+        // A log stream name holds '/', which a Pushgateway path segment cannot: its protocol
+        // takes such label values base64url-encoded, as `instance@base64/<value>`.
+        let encoded = base64url(instance.as_bytes());
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop_if_empty().extend([
                 "metrics",
                 "job",
                 "lambda-telemetry-bridge",
-                "instance",
-                instance,
+                "instance@base64",
+                encoded.as_str(),
             ]);
         }
         Pusher {
@@ -284,6 +335,19 @@ impl Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64url_matches_rfc_4648() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg==");
+        assert_eq!(base64url(b"fo"), "Zm8=");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(
+            base64url(b"2026/11/25/[$LATEST]ab"),
+            "MjAyNi8xMS8yNS9bJExBVEVTVF1hYg=="
+        );
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8=");
+    }
 
     #[test]
     fn every_kind_has_its_counter() {

@@ -264,43 +264,32 @@ fn otlp_catalogue(
     catalogue
 }
 
-/// The bridge's own metrics as its Prometheus endpoint (`BRIDGE_METRICS_ADDR`) and the
-/// Pushgateway expose them: name, kind, labels. Kept in step with `src/self_metrics.rs` by hand.
-// TODO: scrape the real endpoint of the bridge under the simulator instead of this list.
-const SELF_METRICS: &[(&str, Kind, &[&str])] = &[
-    ("bridge_events_received_total", Kind::Counter, &["type"]),
-    ("bridge_listener_posts_total", Kind::Counter, &[]),
-    ("bridge_listener_rejected_total", Kind::Counter, &["reason"]),
-    ("bridge_sink_batches_total", Kind::Counter, &["sink"]),
-    ("bridge_sink_events_sent_total", Kind::Counter, &["sink"]),
-    ("bridge_sink_bytes_sent_total", Kind::Counter, &["sink"]),
-    (
-        "bridge_sink_failures_total",
-        Kind::Counter,
-        &["sink", "reason"],
-    ),
-    ("bridge_sink_retries_total", Kind::Counter, &["sink"]),
-    (
-        "bridge_sink_events_dropped_total",
-        Kind::Counter,
-        &["sink", "reason"],
-    ),
-    ("bridge_queue_depth_events", Kind::Gauge, &[]),
-    ("bridge_queue_depth_bytes", Kind::Gauge, &[]),
-    (
-        "bridge_flush_duration_seconds",
-        Kind::Histogram,
-        &["reason"],
-    ),
-    ("bridge_invocations_total", Kind::Counter, &[]),
-];
-
-fn add_self_metrics(catalogue: &mut Catalogue) {
-    for (name, kind, labels) in SELF_METRICS {
-        let mut set: BTreeSet<String> = labels.iter().map(|s| s.to_string()).collect();
-        set.extend(["job", "instance"].iter().map(|s| s.to_string()));
-        add_series(catalogue, name, *kind, &set);
+/// The bridge's own metrics, as it really exposes them: the text format it pushed to a
+/// (recording) Pushgateway at shutdown — the same text its `/metrics` endpoint serves.
+fn add_self_metrics(catalogue: &mut Catalogue, exposition: &str) {
+    let mut found = 0;
+    for line in exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let mut labels: BTreeSet<String> =
+            ["job", "instance"].iter().map(|s| s.to_string()).collect();
+        if let (Some(open), Some(close)) = (line.find('{'), line.find('}')) {
+            for pair in line[open + 1..close].split(',').filter(|p| !p.is_empty()) {
+                if let Some((key, _)) = pair.split_once('=') {
+                    labels.insert(key.trim().to_string());
+                }
+            }
+        }
+        catalogue
+            .entry(name.to_string())
+            .or_default()
+            .extend(labels);
+        found += 1;
     }
+    assert!(found > 0, "the bridge pushed no self-metrics");
     // Prometheus records `up` for every scrape target (docker-compose.yml's prometheus scrapes
     // the collector, the bridge and the Pushgateway).
     add_series(
@@ -636,11 +625,15 @@ fn every_dashboard_metric_is_produced() {
         let raw = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("a raw JSON endpoint");
+        let gateway = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("a Pushgateway stand-in");
         let mut cfg = config(
             9,
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
                 ("DISPATCH_POST_URI", raw.url()),
+                ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
             ],
         );
         // The stack's mix (docker-compose.yml), compressed: successes, errors and timeouts.
@@ -652,10 +645,10 @@ fn every_dashboard_metric_is_produced() {
         let metrics = common::otlp::metrics(&collector);
         assert!(!metrics.is_empty(), "the bridge exported no metrics");
         let names: BTreeSet<String> = metrics.iter().map(|(_, m)| m.name.clone()).collect();
-        (otlp_catalogue(&metrics), names)
+        let mut catalogue = otlp_catalogue(&metrics);
+        add_self_metrics(&mut catalogue, &common::last_push(&gateway));
+        (catalogue, names)
     });
-    let mut catalogue = catalogue;
-    add_self_metrics(&mut catalogue);
 
     let problems = check_dashboards(&catalogue);
     assert!(

@@ -98,7 +98,7 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
             assert_eq!(p.method, "PUT");
             assert!(
                 p.path
-                    .starts_with("/metrics/job/lambda-telemetry-bridge/instance/"),
+                    .starts_with("/metrics/job/lambda-telemetry-bridge/instance@base64/"),
                 "{}",
                 p.path
             );

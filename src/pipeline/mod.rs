@@ -86,6 +86,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(sinks: Vec<Arc<dyn Sink>>, max_events: usize, max_bytes: usize) -> Pipeline {
+        for sink in &sinks {
+            METRICS.init_sink(sink.name());
+        }
         Pipeline {
             queue: Mutex::new(Queue::new(sinks.len(), max_events, max_bytes)),
             sinks,

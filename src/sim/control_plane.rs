@@ -1,6 +1,7 @@
 //! The loopback Extensions API + Telemetry API server.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -53,6 +54,8 @@ pub(crate) struct Recorded {
     pub next_calls: Vec<Instant>,
     /// All `/event/next` calls (`next_calls` may hold only the latest under a history limit).
     pub next_calls_total: usize,
+    /// The extension's CPU time (ns, all threads) when each of `next_calls` arrived (same index).
+    pub cpu_ns_at_next: Vec<Option<u64>>,
     pub unknown_requests: Vec<String>,
 }
 
@@ -63,6 +66,8 @@ pub(crate) struct Shared {
     pub function_name: String,
     /// Keep about this many `next_calls` (`SimConfig::history_limit`).
     pub history_limit: Option<usize>,
+    /// The extension's pid once spawned (0 before), for the CPU samples at `/event/next`.
+    pub pid: AtomicU32,
 }
 
 impl Shared {
@@ -235,14 +240,21 @@ async fn next(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         return r;
     }
     let at = Instant::now();
+    let cpu = match shared.pid.load(Ordering::Relaxed) {
+        0 => None,
+        pid => super::procfs::cpu_ns(pid),
+    };
     {
         let mut rec = shared.lock();
         rec.next_calls.push(at);
+        rec.cpu_ns_at_next.push(cpu);
         rec.next_calls_total += 1;
         if let Some(limit) = shared.history_limit.map(|l| l.max(1)) {
             if rec.next_calls.len() >= 2 * limit {
                 let excess = rec.next_calls.len() - limit;
                 rec.next_calls.drain(..excess);
+                let excess = rec.cpu_ns_at_next.len().saturating_sub(limit);
+                rec.cpu_ns_at_next.drain(..excess);
             }
         }
     }

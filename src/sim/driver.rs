@@ -63,6 +63,8 @@ struct Driver {
     errors: Vec<String>,
     shutdown_at: Option<Instant>,
     shutdown_duration: Option<Duration>,
+    peak_rss_kb_before_shutdown: Option<u64>,
+    rss_kb_before_shutdown: Option<u64>,
     killed: bool,
     // Counts over the whole run (`invocations` may be pruned).
     invocations_total: usize,
@@ -80,6 +82,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         ctrl: ctrl_tx,
         function_name: cfg.function_name.clone(),
         history_limit: cfg.history_limit,
+        pid: std::sync::atomic::AtomicU32::new(0),
     });
     let control_plane = ControlPlane::start(shared.clone()).await?;
     let client = http_client()?;
@@ -115,6 +118,9 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         source,
     })?;
     let pid = child.id();
+    if let Some(p) = pid {
+        shared.pid.store(p, std::sync::atomic::Ordering::Relaxed);
+    }
 
     let output = Arc::new(Mutex::new(String::new()));
     let output_limit = cfg.history_limit.map(|_| OUTPUT_LIMIT);
@@ -148,6 +154,8 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         errors: Vec::new(),
         shutdown_at: None,
         shutdown_duration: None,
+        peak_rss_kb_before_shutdown: None,
+        rss_kb_before_shutdown: None,
         killed: false,
         invocations_total: 0,
         by_status: BTreeMap::new(),
@@ -820,6 +828,10 @@ impl Driver {
             self.errors
                 .push("forced telemetry delivery before SHUTDOWN did not finish".into());
         }
+        if let Some(pid) = self.pid.filter(|_| !self.has_exited()) {
+            self.peak_rss_kb_before_shutdown = super::procfs::peak_rss_kb(pid);
+            self.rss_kb_before_shutdown = super::procfs::rss_kb(pid);
+        }
         let deadline_sys = SystemTime::now() + grace;
         let handed_at = Instant::now();
         self.shutdown_at = Some(handed_at);
@@ -926,6 +938,9 @@ impl Driver {
             cold_start: self.cold_start,
             init_duration: self.init_duration,
             next_calls: rec.next_calls,
+            cpu_ns_at_next: rec.cpu_ns_at_next,
+            peak_rss_kb_before_shutdown: self.peak_rss_kb_before_shutdown,
+            rss_kb_before_shutdown: self.rss_kb_before_shutdown,
             telemetry_posts,
             shutdown_at: self.shutdown_at,
             shutdown_duration: self.shutdown_duration,

@@ -34,6 +34,7 @@ mod control_plane;
 mod driver;
 pub mod events;
 pub mod otlp_receiver;
+pub mod procfs;
 mod recorder;
 mod telemetry;
 
@@ -340,6 +341,15 @@ pub struct SimReport {
     pub init_duration: Option<Duration>,
     /// Every `/event/next` call.
     pub next_calls: Vec<Instant>,
+    /// The extension's CPU time in ns (all threads: the sum of the first field of
+    /// `/proc/PID/task/*/schedstat`) when each of `next_calls` arrived (same index); `None` where
+    /// `/proc` could not tell. See [`procfs::cpu_ns`].
+    pub cpu_ns_at_next: Vec<Option<u64>>,
+    /// The extension's peak RSS (`VmHWM`, KiB) right before SHUTDOWN was handed over (`None`:
+    /// no SHUTDOWN handed over, or `/proc` could not tell).
+    pub peak_rss_kb_before_shutdown: Option<u64>,
+    /// Its current RSS (`VmRSS`, KiB) at the same moment.
+    pub rss_kb_before_shutdown: Option<u64>,
     /// Every POST attempt to the telemetry destination.
     pub telemetry_posts: Vec<TelemetryPost>,
     /// When SHUTDOWN was handed to the extension.

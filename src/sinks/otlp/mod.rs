@@ -267,6 +267,15 @@ impl OtlpSink {
             };
             (builder, client)
         }
+        for (configured, sink) in [
+            (self.config.traces.is_some(), TRACES),
+            (self.config.metrics.is_some(), METRIC_SINK),
+            (self.config.logs.is_some(), LOGS),
+        ] {
+            if configured {
+                METRICS.init_sink(sink);
+            }
+        }
         let traces = match &self.config.traces {
             Some(signal) => {
                 let (builder, client) = http_config(

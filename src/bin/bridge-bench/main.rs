@@ -1,0 +1,974 @@
+//! `bridge-bench`: measures the bridge against the floor extension (`bench-floor`) under the
+//! loopback Lambda simulator and prints medians over repeated runs, each figure next to the floor's
+//! and with its budget (see BENCHMARKS.md).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use lambda_telemetry_bridge::sim::{self, otlp_receiver, Behaviour, RecordingEndpoint, SimConfig};
+use serde_json::value::RawValue;
+
+const USAGE: &str = "\
+bridge-bench: the bridge's cost (cold start, per-invoke overhead, CPU, memory, throughput, size)
+against a trivial floor extension, under the loopback Lambda simulator
+
+USAGE:
+    bridge-bench [OPTIONS]
+
+OPTIONS:
+    --runs N              repeated runs; figures are medians over them (default 7)
+    --invocations N       invocations of the standard scenario (default 1000)
+    --big-invocations N   invocations of the 1 MiB-batch scenario (default 20)
+    --big-lines N         function log lines per invocation there (default 10000)
+    --quick               smoke mode: 1 run, 20 + 3 small invocations; checks that every figure
+                          is produced and finite, no budget checks
+    --check               exit 1 when a budget is missed (default: only report)
+    --markdown            print the table as Markdown
+    --bridge PATH         the bridge binary (default: lambda-telemetry-bridge next to this binary)
+    --floor PATH          the floor binary (default: bench-floor next to this binary)
+    -h, --help            this help
+
+Scenarios, run for the bridge and for the floor in each run (both sinks on loopback for the bridge:
+a recording raw JSON endpoint as DISPATCH_POST_URI and an OTLP/HTTP receiver as
+OTEL_EXPORTER_OTLP_ENDPOINT; the floor ignores them):
+  standard  N invocations, 3 log lines each, default buffering: cold start, CPU to the first
+            /event/next, per-invoke overhead (runtimeDone delivered -> next /event/next), CPU
+            per invocation, peak RSS at the SHUTDOWN handover
+  big       BRIDGE_BUFFER_MAX_ITEMS=10000, BRIDGE_BUFFER_MAX_BYTES=1048576, many log lines per
+            invocation: peak RSS, events per CPU-second and per wall-second";
+
+#[derive(Debug, Clone)]
+struct Args {
+    runs: usize,
+    invocations: usize,
+    big_invocations: usize,
+    big_lines: usize,
+    quick: bool,
+    check: bool,
+    markdown: bool,
+    bridge: Option<PathBuf>,
+    floor: Option<PathBuf>,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut a = Args {
+        runs: 7,
+        invocations: 1000,
+        big_invocations: 20,
+        big_lines: 10_000,
+        quick: false,
+        check: false,
+        markdown: false,
+        bridge: None,
+        floor: None,
+    };
+    let (mut runs, mut inv, mut big_inv, mut big_lines) = (None, None, None, None);
+    fn number(flag: &str, v: Option<String>) -> Result<usize, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag}: expected a positive integer, got {v:?}"))
+    }
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--runs" => runs = Some(number("--runs", it.next())?),
+            "--invocations" => inv = Some(number("--invocations", it.next())?),
+            "--big-invocations" => big_inv = Some(number("--big-invocations", it.next())?),
+            "--big-lines" => big_lines = Some(number("--big-lines", it.next())?),
+            "--quick" => a.quick = true,
+            "--check" => a.check = true,
+            "--markdown" => a.markdown = true,
+            "--bridge" => a.bridge = Some(it.next().ok_or("--bridge needs a path")?.into()),
+            "--floor" => a.floor = Some(it.next().ok_or("--floor needs a path")?.into()),
+            other => return Err(format!("unknown option {other:?} (see --help)")),
+        }
+    }
+    if a.quick {
+        a.runs = 1;
+        a.invocations = 20;
+        a.big_invocations = 3;
+        a.big_lines = 2000;
+    }
+    a.runs = runs.unwrap_or(a.runs);
+    a.invocations = inv.unwrap_or(a.invocations);
+    a.big_invocations = big_inv.unwrap_or(a.big_invocations);
+    a.big_lines = big_lines.unwrap_or(a.big_lines);
+    Ok(Some(a))
+}
+
+fn next_to_me(name: &str) -> Result<PathBuf, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot locate bridge-bench itself: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or("cannot locate the directory of bridge-bench")?;
+    Ok(dir.join(name))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    Bridge,
+    Floor,
+}
+
+impl Ext {
+    fn name(self) -> &'static str {
+        match self {
+            Ext::Bridge => "bridge",
+            Ext::Floor => "floor",
+        }
+    }
+}
+
+/// What one standard run of one extension gave.
+#[derive(Debug, Clone, Default)]
+struct Standard {
+    cold_start_ms: Option<f64>,
+    cpu_start_ms: Option<f64>,
+    overhead_ms: Option<f64>,
+    overhead_p99_ms: Option<f64>,
+    cpu_per_invoke_ms: Option<f64>,
+    peak_rss_kib: Option<f64>,
+}
+
+/// What one big-batch run of one extension gave.
+#[derive(Debug, Clone, Default)]
+struct Big {
+    peak_rss_kib: Option<f64>,
+    events: usize,
+    cpu_ns: Option<f64>,
+    wall_s: Option<f64>,
+    batch_events: Option<f64>,
+    batch_bytes: Option<f64>,
+}
+
+impl Big {
+    fn events_per_cpu_s(&self) -> Option<f64> {
+        self.cpu_ns
+            .filter(|c| *c > 0.0)
+            .map(|c| self.events as f64 / (c / 1e9))
+    }
+    fn events_per_wall_s(&self) -> Option<f64> {
+        self.wall_s
+            .filter(|w| *w > 0.0)
+            .map(|w| self.events as f64 / w)
+    }
+    fn cpu_us_per_event(&self) -> Option<f64> {
+        self.cpu_ns
+            .filter(|_| self.events > 0)
+            .map(|c| c / 1e3 / self.events as f64)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v.get(rank.min(v.len() - 1)).copied()
+}
+
+/// The endpoints a bridge run exports to.
+struct Sinks {
+    raw: RecordingEndpoint,
+    otlp: RecordingEndpoint,
+}
+
+impl Sinks {
+    async fn start() -> Result<Sinks, String> {
+        Ok(Sinks {
+            raw: RecordingEndpoint::start(Behaviour::ok())
+                .await
+                .map_err(|e| e.to_string())?,
+            otlp: RecordingEndpoint::start(Behaviour::ok())
+                .await
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DISPATCH_POST_URI".into(), self.raw.url()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{}", self.otlp.addr()),
+            ),
+        ]
+    }
+
+    /// Events the raw sink received (elements of the 2xx-answered POSTed arrays).
+    fn raw_events(&self) -> usize {
+        self.raw
+            .requests()
+            .iter()
+            .filter(|r| r.succeeded())
+            .map(|r| {
+                serde_json::from_slice::<Vec<&RawValue>>(&r.body)
+                    .map(|v| v.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// OTLP log records the receiver got.
+    fn otlp_log_records(&self) -> usize {
+        otlp_receiver::decode_logs(&self.otlp.requests()).len()
+    }
+}
+
+fn base_config(path: &Path, env: Vec<(String, String)>) -> SimConfig {
+    SimConfig {
+        extension_path: path.to_path_buf(),
+        extension_env: env,
+        runtime_init_ms: 30,
+        capture_output: true,
+        ..SimConfig::default()
+    }
+}
+
+/// Problems of a run that make its figures worthless.
+fn check_run(ext: Ext, report: &sim::SimReport) -> Result<(), String> {
+    let ok = match ext {
+        // Whatever the floor leaves undelivered at exit (the last report) does not matter.
+        Ext::Floor => {
+            report.exit_code == Some(0)
+                && !report.killed
+                && report.init_errors.is_empty()
+                && report
+                    .invocations
+                    .iter()
+                    .all(|i| i.next_called_at.is_some())
+        }
+        Ext::Bridge => report.clean(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let tail: String = {
+            let out = &report.extension_output;
+            let start = out.len().saturating_sub(2000);
+            let start = (start..out.len())
+                .find(|&i| out.is_char_boundary(i))
+                .unwrap_or(out.len());
+            out[start..].to_string()
+        };
+        Err(format!(
+            "{} run not clean: exit={:?} killed={} undelivered={} errors={:?}\n--- last output ---\n{}",
+            ext.name(),
+            report.exit_code,
+            report.killed,
+            report.undelivered_events,
+            report.errors,
+            tail
+        ))
+    }
+}
+
+async fn run_standard(ext: Ext, path: &Path, invocations: usize) -> Result<Standard, String> {
+    let sinks = Sinks::start().await?;
+    let cfg = SimConfig {
+        invocations,
+        ..base_config(path, sinks.env())
+    };
+    let report = sim::run(cfg).await.map_err(|e| e.to_string())?;
+    check_run(ext, &report)?;
+    if ext == Ext::Bridge {
+        let received = sinks.raw_events();
+        if received != report.totals.events_sent {
+            return Err(format!(
+                "bridge: the raw sink received {received} of {} events",
+                report.totals.events_sent
+            ));
+        }
+    }
+
+    // Per-invoke overhead: runtimeDone delivered to the extension -> its next /event/next.
+    let mut done_delivered = std::collections::HashMap::new();
+    for (event, timing) in report.events_sent.iter().zip(&report.event_times) {
+        if timing.event_type == "platform.runtimeDone" {
+            if let (Some(id), Some(at)) = (
+                event
+                    .get("record")
+                    .and_then(|r| r.get("requestId"))
+                    .and_then(|v| v.as_str()),
+                timing.delivered_at,
+            ) {
+                done_delivered.insert(id.to_string(), at);
+            }
+        }
+    }
+    let overheads: Vec<f64> = report
+        .invocations
+        .iter()
+        .filter_map(|inv| {
+            let next = inv.next_called_at?;
+            let delivered = done_delivered.get(&inv.request_id)?;
+            // The floor calls /event/next before runtimeDone even exists: 0.
+            Some(ms(next.saturating_duration_since(*delivered)))
+        })
+        .collect();
+
+    let cpu = &report.cpu_ns_at_next;
+    let first_cpu = cpu.first().copied().flatten();
+    let last_cpu = cpu.last().copied().flatten();
+    let n = report.invocations.len();
+    let cpu_per_invoke_ms = match (first_cpu, last_cpu) {
+        (Some(a), Some(b)) if n > 0 && cpu.len() == n + 1 => {
+            Some(b.saturating_sub(a) as f64 / 1e6 / n as f64)
+        }
+        _ => None,
+    };
+    Ok(Standard {
+        cold_start_ms: report.cold_start.map(ms),
+        cpu_start_ms: first_cpu.map(|c| c as f64 / 1e6),
+        overhead_ms: median(&overheads),
+        overhead_p99_ms: percentile(&overheads, 99.0),
+        cpu_per_invoke_ms,
+        peak_rss_kib: report.peak_rss_kb_before_shutdown.map(|k| k as f64),
+    })
+}
+
+async fn run_big(
+    ext: Ext,
+    path: &Path,
+    invocations: usize,
+    lines: usize,
+    quick: bool,
+) -> Result<Big, String> {
+    let sinks = Sinks::start().await?;
+    let mut env = sinks.env();
+    if !quick {
+        env.push(("BRIDGE_BUFFER_MAX_ITEMS".into(), "10000".into()));
+        env.push(("BRIDGE_BUFFER_MAX_BYTES".into(), "1048576".into()));
+    }
+    let cfg = SimConfig {
+        invocations,
+        log_lines_per_invoke: lines,
+        invoke_duration_ms: 4,
+        function_timeout_ms: 30_000,
+        shutdown_deadline_ms: 5_000,
+        ..base_config(path, env)
+    };
+    let report = sim::run(cfg).await.map_err(|e| e.to_string())?;
+    check_run(ext, &report)?;
+
+    let first = report.next_calls.first().copied();
+    let last = report.next_calls.last().copied();
+    let (Some(first), Some(last)) = (first, last) else {
+        return Err(format!("{}: no /event/next calls recorded", ext.name()));
+    };
+    // Events that reached the extension between its first and its last /event/next: the CPU
+    // window below covers their whole way (listener, queue, both sinks).
+    let events = report
+        .event_times
+        .iter()
+        .filter(|t| t.delivered_at.is_some_and(|at| at > first && at <= last))
+        .count();
+    if ext == Ext::Bridge {
+        let received = sinks.raw_events();
+        if received != report.totals.events_sent {
+            return Err(format!(
+                "bridge: the raw sink received {received} of {} events",
+                report.totals.events_sent
+            ));
+        }
+        let function_events = report.event_counts().get("function").copied().unwrap_or(0);
+        let logs = sinks.otlp_log_records();
+        if logs < function_events {
+            return Err(format!(
+                "bridge: the OTLP receiver got {logs} log records for {function_events} function events"
+            ));
+        }
+    }
+    let cpu = &report.cpu_ns_at_next;
+    let cpu_ns = match (
+        cpu.first().copied().flatten(),
+        cpu.last().copied().flatten(),
+    ) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+        _ => None,
+    };
+    let ok_posts: Vec<&sim::TelemetryPost> = report
+        .telemetry_posts
+        .iter()
+        .filter(|p| p.status.is_some_and(|s| (200..300).contains(&s)))
+        .collect();
+    let max_events = ok_posts.iter().map(|p| p.events).max();
+    let max_bytes = ok_posts.iter().map(|p| p.bytes).max();
+    Ok(Big {
+        peak_rss_kib: report.peak_rss_kb_before_shutdown.map(|k| k as f64),
+        events,
+        cpu_ns,
+        wall_s: Some(last.saturating_duration_since(first).as_secs_f64()),
+        batch_events: max_events.map(|e| e as f64),
+        batch_bytes: max_bytes.map(|b| b as f64),
+    })
+}
+
+/// The zip `scripts/build-layer.sh` makes (one deflated entry `extensions/<name>`, mode 0755),
+/// built in memory; its length is the layer's size.
+fn layer_zip(binary: &Path, name: &str) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let data = std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
+    let mut crc = flate2::Crc::new();
+    crc.update(&data);
+    let crc = crc.sum();
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&data).map_err(|e| e.to_string())?;
+    let compressed = enc.finish().map_err(|e| e.to_string())?;
+    let entry = format!("extensions/{name}");
+    let (size, csize) = (
+        u32::try_from(data.len()).map_err(|_| "binary too large for a zip without zip64")?,
+        u32::try_from(compressed.len()).map_err(|_| "binary too large")?,
+    );
+    let name_len = u16::try_from(entry.len()).map_err(|_| "name too long")?;
+    let mut z = Vec::with_capacity(compressed.len() + 200);
+    // Local file header.
+    z.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+    z.extend_from_slice(&20u16.to_le_bytes()); // version needed
+    z.extend_from_slice(&0u16.to_le_bytes()); // flags
+    z.extend_from_slice(&8u16.to_le_bytes()); // deflate
+    z.extend_from_slice(&0u16.to_le_bytes()); // time
+    z.extend_from_slice(&0x21u16.to_le_bytes()); // date (1980-01-01)
+    z.extend_from_slice(&crc.to_le_bytes());
+    z.extend_from_slice(&csize.to_le_bytes());
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&name_len.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(entry.as_bytes());
+    z.extend_from_slice(&compressed);
+    let cd_offset = u32::try_from(z.len()).map_err(|_| "zip too large")?;
+    // Central directory entry.
+    z.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+    z.extend_from_slice(&(0x0300u16 | 20).to_le_bytes()); // made by: Unix
+    z.extend_from_slice(&20u16.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(&8u16.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(&0x21u16.to_le_bytes());
+    z.extend_from_slice(&crc.to_le_bytes());
+    z.extend_from_slice(&csize.to_le_bytes());
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&name_len.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes()); // extra
+    z.extend_from_slice(&0u16.to_le_bytes()); // comment
+    z.extend_from_slice(&0u16.to_le_bytes()); // disk
+    z.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+    z.extend_from_slice(&(0o100755u32 << 16).to_le_bytes()); // external: -rwxr-xr-x
+    z.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+    z.extend_from_slice(entry.as_bytes());
+    let cd_size = u32::try_from(z.len()).map_err(|_| "zip too large")? - cd_offset;
+    // End of central directory.
+    z.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(&1u16.to_le_bytes());
+    z.extend_from_slice(&1u16.to_le_bytes());
+    z.extend_from_slice(&cd_size.to_le_bytes());
+    z.extend_from_slice(&cd_offset.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    Ok(z)
+}
+
+/// One line of the table.
+struct Row {
+    figure: String,
+    bridge: Option<f64>,
+    floor: Option<f64>,
+    /// Median over runs of bridge / floor in the same run.
+    ratio: Option<f64>,
+    /// Whether the floor is expected to have this figure.
+    floor_expected: bool,
+    budget: String,
+    pass: Option<bool>,
+    unit: &'static str,
+    decimals: usize,
+}
+
+fn fmt_value(v: Option<f64>, unit: &str, decimals: usize) -> String {
+    match v {
+        Some(v) if unit.is_empty() => format!("{v:.decimals$}"),
+        Some(v) => format!("{v:.decimals$} {unit}"),
+        None => "—".to_string(),
+    }
+}
+
+fn ratio_of(pairs: &[(Option<f64>, Option<f64>)]) -> Option<f64> {
+    let r: Vec<f64> = pairs
+        .iter()
+        .filter_map(|(b, f)| match (b, f) {
+            (Some(b), Some(f)) if *f > 0.0 => Some(b / f),
+            _ => None,
+        })
+        .collect();
+    median(&r)
+}
+
+fn render(rows: &[Row], markdown: bool) -> String {
+    let header = ["figure", "bridge", "floor", "ratio", "budget", "result"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.figure.clone(),
+                fmt_value(r.bridge, r.unit, r.decimals),
+                if r.floor_expected {
+                    fmt_value(r.floor, r.unit, r.decimals)
+                } else {
+                    "—".into()
+                },
+                r.ratio
+                    .map(|x| format!("{x:.2}×"))
+                    .unwrap_or_else(|| "—".into()),
+                r.budget.clone(),
+                match r.pass {
+                    Some(true) => "pass".into(),
+                    Some(false) => "FAIL".into(),
+                    None => "—".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    if markdown {
+        out.push_str(&format!("| {} |\n", header.join(" | ")));
+        out.push_str("|---|---:|---:|---:|---|---|\n");
+        for c in &cells {
+            out.push_str(&format!("| {} |\n", c.join(" | ")));
+        }
+        return out;
+    }
+    let mut width = header.map(|h| h.chars().count());
+    for c in &cells {
+        for (w, s) in width.iter_mut().zip(c.iter()) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    let line = |c: &[String]| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in c.iter().zip(width.iter()).enumerate() {
+            let pad = w - cell.chars().count();
+            if i == 0 || i >= 4 {
+                s.push_str(cell);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            }
+            s.push_str("  ");
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(&header.map(String::from)));
+    out.push_str(&line(&width.map(|w| "-".repeat(w))));
+    for c in &cells {
+        out.push_str(&line(c));
+    }
+    out
+}
+
+struct Results {
+    standard: Vec<(Standard, Standard)>,
+    big: Vec<(Big, Big)>,
+}
+
+fn col<T>(v: &[(T, T)], f: impl Fn(&T) -> Option<f64>) -> (Vec<Option<f64>>, Vec<Option<f64>>) {
+    (
+        v.iter().map(|(b, _)| f(b)).collect(),
+        v.iter().map(|(_, fl)| f(fl)).collect(),
+    )
+}
+
+fn med(v: &[Option<f64>]) -> Option<f64> {
+    median(&v.iter().flatten().copied().collect::<Vec<_>>())
+}
+
+fn build_rows(args: &Args, res: &Results, sizes: (u64, u64, u64, u64)) -> Vec<Row> {
+    let mib = 1024.0 * 1024.0;
+    let mut rows = Vec::new();
+    let mut add = |figure: String,
+                   (b, f): (Vec<Option<f64>>, Vec<Option<f64>>),
+                   scale: f64,
+                   unit: &'static str,
+                   decimals: usize,
+                   budget: &str,
+                   check: &dyn Fn(f64, Option<f64>, Option<f64>) -> bool,
+                   floor_expected: bool| {
+        let b: Vec<Option<f64>> = b.iter().map(|x| x.map(|x| x * scale)).collect();
+        let f: Vec<Option<f64>> = f.iter().map(|x| x.map(|x| x * scale)).collect();
+        let pairs: Vec<(Option<f64>, Option<f64>)> =
+            b.iter().copied().zip(f.iter().copied()).collect();
+        let (bm, fm, ratio) = (med(&b), med(&f), ratio_of(&pairs));
+        rows.push(Row {
+            figure,
+            bridge: bm,
+            floor: fm,
+            ratio,
+            floor_expected,
+            budget: budget.to_string(),
+            pass: bm.map(|v| check(v, fm, ratio)),
+            unit,
+            decimals,
+        });
+    };
+    let s = &res.standard;
+    add(
+        "cold start (spawn → first /event/next)".into(),
+        col(s, |x| x.cold_start_ms),
+        1.0,
+        "ms",
+        2,
+        "≤ 2× floor and ≤ 10 ms",
+        &|v, _, r| v <= 10.0 && r.is_some_and(|r| r <= 2.0),
+        true,
+    );
+    add(
+        "CPU to first /event/next".into(),
+        col(s, |x| x.cpu_start_ms),
+        1.0,
+        "ms",
+        2,
+        "≤ 2× floor",
+        &|_, _, r| r.is_some_and(|r| r <= 2.0),
+        true,
+    );
+    add(
+        "per-invoke overhead (runtimeDone delivered → /event/next), median".into(),
+        col(s, |x| x.overhead_ms),
+        1.0,
+        "ms",
+        3,
+        "≤ floor + 1 ms",
+        &|v, f, _| f.is_some_and(|f| v <= f + 1.0),
+        true,
+    );
+    add(
+        "per-invoke overhead, p99 of a run".into(),
+        col(s, |x| x.overhead_p99_ms),
+        1.0,
+        "ms",
+        3,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    add(
+        "CPU per invocation (both sinks on)".into(),
+        col(s, |x| x.cpu_per_invoke_ms),
+        1.0,
+        "ms",
+        3,
+        "≤ 0.5 ms",
+        &|v, _, _| v <= 0.5,
+        true,
+    );
+    add(
+        format!("peak RSS after {} invocations", args.invocations),
+        col(s, |x| x.peak_rss_kib),
+        1.0 / 1024.0,
+        "MiB",
+        2,
+        "≤ 10 MiB",
+        &|v, _, _| v <= 10.0,
+        true,
+    );
+    let b = &res.big;
+    let big_label = if args.quick {
+        "small batches"
+    } else {
+        "1 MiB / 10,000-event batches"
+    };
+    add(
+        format!("peak RSS with {big_label}"),
+        col(b, |x| x.peak_rss_kib),
+        1.0 / 1024.0,
+        "MiB",
+        2,
+        "≤ 48 MiB",
+        &|v, _, _| v <= 48.0,
+        true,
+    );
+    add(
+        "largest telemetry POST (events)".into(),
+        col(b, |x| x.batch_events),
+        1.0,
+        "",
+        0,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    add(
+        "largest telemetry POST (bytes)".into(),
+        col(b, |x| x.batch_bytes),
+        1.0 / mib,
+        "MiB",
+        2,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    add(
+        "throughput, events per CPU-second (listener → both sinks)".into(),
+        col(b, |x| x.events_per_cpu_s()),
+        1.0,
+        "ev/s",
+        0,
+        "≥ 200,000 ev/s",
+        &|v, _, _| v >= 200_000.0,
+        true,
+    );
+    add(
+        "CPU per event".into(),
+        col(b, |x| x.cpu_us_per_event()),
+        1.0,
+        "µs",
+        2,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    add(
+        "throughput, events per wall-second (incl. simulator)".into(),
+        col(b, |x| x.events_per_wall_s()),
+        1.0,
+        "ev/s",
+        0,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    let (bridge_size, floor_size, bridge_zip, floor_zip) = sizes;
+    let with_floor = |b: u64, f: u64| (vec![Some(b as f64)], vec![Some(f as f64)]);
+    add(
+        "binary size (stripped), bytes".into(),
+        with_floor(bridge_size, floor_size),
+        1.0,
+        "B",
+        0,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    add(
+        "binary size (stripped)".into(),
+        with_floor(bridge_size, floor_size),
+        1.0 / mib,
+        "MiB",
+        2,
+        "≤ 6 MiB",
+        &|v, _, _| v <= 6.0,
+        true,
+    );
+    add(
+        "layer zip (extension.zip)".into(),
+        with_floor(bridge_zip, floor_zip),
+        1.0 / mib,
+        "MiB",
+        2,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    rows
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let bridge = match &args.bridge {
+        Some(p) => p.clone(),
+        None => next_to_me("lambda-telemetry-bridge")?,
+    };
+    let floor = match &args.floor {
+        Some(p) => p.clone(),
+        None => next_to_me("bench-floor")?,
+    };
+    for p in [&bridge, &floor] {
+        if !p.is_file() {
+            return Err(format!(
+                "{} does not exist; build it first with `cargo build --release --bins`",
+                p.display()
+            ));
+        }
+    }
+    eprintln!(
+        "bridge-bench: {} run(s); standard: {} invocations; big: {} invocations × {} log lines",
+        args.runs, args.invocations, args.big_invocations, args.big_lines
+    );
+    eprintln!("  bridge: {}", bridge.display());
+    eprintln!("  floor:  {}", floor.display());
+    let mut res = Results {
+        standard: Vec::new(),
+        big: Vec::new(),
+    };
+    let started = Instant::now();
+    for r in 0..args.runs {
+        // Alternate who goes first, so that neither always gets the warmer machine.
+        let order = if r % 2 == 0 {
+            [Ext::Bridge, Ext::Floor]
+        } else {
+            [Ext::Floor, Ext::Bridge]
+        };
+        let (mut sb, mut sf) = (Standard::default(), Standard::default());
+        let (mut bb, mut bf) = (Big::default(), Big::default());
+        for ext in order {
+            let path = if ext == Ext::Bridge { &bridge } else { &floor };
+            let s = run_standard(ext, path, args.invocations).await?;
+            let b = run_big(ext, path, args.big_invocations, args.big_lines, args.quick).await?;
+            eprintln!(
+                "  run {}/{} {:6}: cold {:.2} ms, cpu@start {:.2} ms, overhead {:.3} ms (p99 {:.3}), cpu/inv {:.3} ms, rss {:.0} KiB | big: rss {:.0} KiB, {} ev, {:.0} ev/cpu-s, {:.0} ev/s, max POST {} ev / {} B",
+                r + 1,
+                args.runs,
+                ext.name(),
+                s.cold_start_ms.unwrap_or(f64::NAN),
+                s.cpu_start_ms.unwrap_or(f64::NAN),
+                s.overhead_ms.unwrap_or(f64::NAN),
+                s.overhead_p99_ms.unwrap_or(f64::NAN),
+                s.cpu_per_invoke_ms.unwrap_or(f64::NAN),
+                s.peak_rss_kib.unwrap_or(f64::NAN),
+                b.peak_rss_kib.unwrap_or(f64::NAN),
+                b.events,
+                b.events_per_cpu_s().unwrap_or(f64::NAN),
+                b.events_per_wall_s().unwrap_or(f64::NAN),
+                b.batch_events.unwrap_or(f64::NAN),
+                b.batch_bytes.unwrap_or(f64::NAN),
+            );
+            match ext {
+                Ext::Bridge => {
+                    sb = s;
+                    bb = b;
+                }
+                Ext::Floor => {
+                    sf = s;
+                    bf = b;
+                }
+            }
+        }
+        res.standard.push((sb, sf));
+        res.big.push((bb, bf));
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let zip = |p: &Path, name: &str| layer_zip(p, name).map(|z| z.len() as u64);
+    let sizes = (
+        size(&bridge),
+        size(&floor),
+        zip(&bridge, "lambda-telemetry-bridge")?,
+        zip(&floor, "bench-floor")?,
+    );
+    let rows = build_rows(&args, &res, sizes);
+    eprintln!(
+        "bridge-bench: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", render(&rows, args.markdown));
+
+    // Every figure must exist and be finite (the floor's where it has one).
+    let mut ok = true;
+    for r in &rows {
+        let b_ok = r.bridge.is_some_and(f64::is_finite);
+        let f_ok = !r.floor_expected || r.floor.is_some_and(f64::is_finite);
+        if !b_ok || !f_ok {
+            eprintln!("bridge-bench: figure missing or not finite: {}", r.figure);
+            ok = false;
+        }
+    }
+    if !args.quick && args.check && rows.iter().any(|r| r.pass == Some(false)) {
+        eprintln!("bridge-bench: budget(s) missed");
+        ok = false;
+    }
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bridge-bench: {e}");
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bridge-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bridge-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 100.0), Some(5.0));
+    }
+
+    #[test]
+    fn quick_overrides_but_flags_win() {
+        let a = parse_args(
+            ["--quick", "--invocations", "5"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let a = a.ok().flatten();
+        assert!(a
+            .as_ref()
+            .is_some_and(|a| a.runs == 1 && a.invocations == 5));
+        assert!(parse_args(["--runs", "0"].iter().map(|s| s.to_string())).is_err());
+    }
+
+    #[test]
+    fn zip_layout() {
+        let dir = std::env::temp_dir().join(format!("bridge-bench-zip-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("x");
+        assert!(std::fs::write(&file, vec![7u8; 10_000]).is_ok());
+        let z = layer_zip(&file, "x").unwrap_or_default();
+        assert!(z.starts_with(&[0x50, 0x4b, 0x03, 0x04]));
+        assert!(z.len() < 10_000 && z.len() > 22);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

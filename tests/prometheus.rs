@@ -1,0 +1,154 @@
+//! The bridge's self-metrics against the real servers: a Prometheus scraping its `/metrics`
+//! endpoint under the simulator, and a Pushgateway it pushes to. Ignored by default (they need
+//! Debian's `prometheus` and `prometheus-pushgateway`); `.ci/run` installs them and runs these
+//! with `cargo test --test prometheus -- --ignored`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(program: &str, args: &[String]) -> Server {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be installed (apt-get install -y prometheus prometheus-pushgateway): {e}"));
+    Server(child)
+}
+
+/// A blocking GET on loopback; the body, or None.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // HTTP/1.0: the answer is not chunked.
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+fn wait_until_up(port: u16, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if get(port, path).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server on port {port} did not come up");
+}
+
+#[test]
+#[ignore = "needs the prometheus binary (installed by .ci/run)"]
+fn a_real_prometheus_scrapes_the_bridges_self_metrics() {
+    let metrics_port = dead_port();
+    let prom_port = dead_port();
+    let dir = std::env::temp_dir().join(format!("ltb-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: bridge\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .expect("config");
+    let _prometheus = start(
+        "prometheus",
+        &[
+            format!("--config.file={}", config_file.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+    );
+    wait_until_up(prom_port, "/-/ready");
+
+    let answer = Arc::new(Mutex::new(String::new()));
+    let into = answer.clone();
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = config(
+            60,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ],
+        );
+        cfg.between_invokes_ms = 100;
+        cfg.progress = Some(Box::new(move |inv| {
+            // Late in the run, ask Prometheus (bounded: at most ~10 s) what it scraped.
+            if inv.index != 40 {
+                return;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some(body) = get(prom_port, "/api/v1/query?query=bridge_invocations_total") {
+                    if body.contains("\"bridge_invocations_total\"") {
+                        *into.lock().expect("lock") = body;
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+    });
+    let body = answer.lock().expect("lock").clone();
+    assert!(body.contains("\"status\":\"success\""), "{body}");
+    assert!(body.contains("\"job\":\"bridge\""), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
+fn the_bridge_pushes_to_a_real_pushgateway() {
+    let port = dead_port();
+    let _gateway = start(
+        "prometheus-pushgateway",
+        &[format!("--web.listen-address=127.0.0.1:{port}")],
+    );
+    wait_until_up(port, "/-/ready");
+    let output = block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let report = run(config(
+            5,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_PUSHGATEWAY_URL", format!("http://127.0.0.1:{port}")),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        report.extension_output
+    });
+    let exposed = get(port, "/metrics").expect("pushgateway metrics");
+    let line = exposed
+        .lines()
+        .find(|l| l.starts_with("bridge_invocations_total{"))
+        .unwrap_or_else(|| panic!("no pushed series; the bridge said:\n{output}"));
+    assert!(line.contains("job=\"lambda-telemetry-bridge\""), "{line}");
+    assert!(line.ends_with(" 5"), "{line}");
+}
