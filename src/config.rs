@@ -135,6 +135,9 @@ pub struct Config {
 pub enum OtlpProtocol {
     HttpProtobuf,
     HttpJson,
+    /// Only in builds with the cargo feature `grpc`.
+    #[cfg(feature = "grpc")]
+    Grpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -569,14 +572,47 @@ fn signal(
             });
         }
     }
+    let pick = |suffix: &str| -> Option<(String, String)> {
+        match get(&var(suffix)) {
+            Some(v) => Some((var(suffix), v)),
+            None => get(&format!("OTEL_EXPORTER_OTLP_{suffix}"))
+                .map(|v| (format!("OTEL_EXPORTER_OTLP_{suffix}"), v)),
+        }
+    };
+    let protocol = match pick("PROTOCOL") {
+        None => OtlpProtocol::HttpProtobuf,
+        Some((name, raw)) => match raw.trim() {
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            "http/json" => OtlpProtocol::HttpJson,
+            #[cfg(feature = "grpc")]
+            "grpc" => OtlpProtocol::Grpc,
+            _ => {
+                issues.push(ConfigIssue {
+                    variable: name,
+                    value: raw,
+                    allowed: if cfg!(feature = "grpc") {
+                        "http/protobuf, http/json or grpc".into()
+                    } else {
+                        "http/protobuf or http/json (grpc needs a build with the cargo feature `grpc`)"
+                            .into()
+                    },
+                    consequence: format!("OTLP {path} are disabled"),
+                });
+                return None;
+            }
+        },
+    };
     let (endpoint_var, raw_endpoint) = match get(&var("ENDPOINT")) {
         Some(e) => (var("ENDPOINT"), e.trim().to_string()),
         None => {
-            let base = base?.trim().trim_end_matches('/');
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
-                format!("{base}/v1/{path}"),
-            )
+            let base = base?.trim();
+            let endpoint = match protocol {
+                // gRPC names the service, not a path: the base endpoint is used as it is.
+                #[cfg(feature = "grpc")]
+                OtlpProtocol::Grpc => base.to_string(),
+                _ => format!("{}/v1/{path}", base.trim_end_matches('/')),
+            };
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint)
         }
     };
     let endpoint = match reqwest::Url::parse(&raw_endpoint) {
@@ -590,30 +626,6 @@ fn signal(
             });
             return None;
         }
-    };
-    let pick = |suffix: &str| -> Option<(String, String)> {
-        match get(&var(suffix)) {
-            Some(v) => Some((var(suffix), v)),
-            None => get(&format!("OTEL_EXPORTER_OTLP_{suffix}"))
-                .map(|v| (format!("OTEL_EXPORTER_OTLP_{suffix}"), v)),
-        }
-    };
-    let protocol = match pick("PROTOCOL") {
-        None => OtlpProtocol::HttpProtobuf,
-        Some((name, raw)) => match raw.trim() {
-            "http/protobuf" => OtlpProtocol::HttpProtobuf,
-            "http/json" => OtlpProtocol::HttpJson,
-            _ => {
-                issues.push(ConfigIssue {
-                    variable: name,
-                    value: raw,
-                    allowed: "http/protobuf or http/json (grpc is not built into this binary)"
-                        .into(),
-                    consequence: format!("OTLP {path} are disabled"),
-                });
-                return None;
-            }
-        },
     };
     let mut headers = Vec::new();
     for suffix_var in ["OTEL_EXPORTER_OTLP_HEADERS".to_string(), var("HEADERS")] {

@@ -65,6 +65,7 @@ struct Driver {
     shutdown_duration: Option<Duration>,
     peak_rss_kb_before_shutdown: Option<u64>,
     rss_kb_before_shutdown: Option<u64>,
+    cpu_ns_before_shutdown: Option<u64>,
     killed: bool,
     // Counts over the whole run (`invocations` may be pruned).
     invocations_total: usize,
@@ -156,6 +157,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         shutdown_duration: None,
         peak_rss_kb_before_shutdown: None,
         rss_kb_before_shutdown: None,
+        cpu_ns_before_shutdown: None,
         killed: false,
         invocations_total: 0,
         by_status: BTreeMap::new(),
@@ -831,6 +833,7 @@ impl Driver {
         if let Some(pid) = self.pid.filter(|_| !self.has_exited()) {
             self.peak_rss_kb_before_shutdown = super::procfs::peak_rss_kb(pid);
             self.rss_kb_before_shutdown = super::procfs::rss_kb(pid);
+            self.cpu_ns_before_shutdown = super::procfs::cpu_ns(pid);
         }
         let deadline_sys = SystemTime::now() + grace;
         let handed_at = Instant::now();
@@ -941,6 +944,7 @@ impl Driver {
             cpu_ns_at_next: rec.cpu_ns_at_next,
             peak_rss_kb_before_shutdown: self.peak_rss_kb_before_shutdown,
             rss_kb_before_shutdown: self.rss_kb_before_shutdown,
+            cpu_ns_before_shutdown: self.cpu_ns_before_shutdown,
             telemetry_posts,
             shutdown_at: self.shutdown_at,
             shutdown_duration: self.shutdown_duration,

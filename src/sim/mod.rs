@@ -350,6 +350,9 @@ pub struct SimReport {
     pub peak_rss_kb_before_shutdown: Option<u64>,
     /// Its current RSS (`VmRSS`, KiB) at the same moment.
     pub rss_kb_before_shutdown: Option<u64>,
+    /// Its CPU time (ns, all threads, as in `cpu_ns_at_next`) at the same moment (after the
+    /// forced delivery of [`SimConfig::flush_before_shutdown`], when asked for).
+    pub cpu_ns_before_shutdown: Option<u64>,
     /// Every POST attempt to the telemetry destination.
     pub telemetry_posts: Vec<TelemetryPost>,
     /// When SHUTDOWN was handed to the extension.

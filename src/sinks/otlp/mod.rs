@@ -253,8 +253,8 @@ impl OtlpSink {
             let builder = builder
                 .with_endpoint(signal.endpoint.as_str())
                 .with_protocol(match signal.protocol {
-                    OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
                     OtlpProtocol::HttpJson => Protocol::HttpJson,
+                    _ => Protocol::HttpBinary,
                 })
                 .with_timeout(signal.timeout)
                 .with_headers(headers)
@@ -267,6 +267,27 @@ impl OtlpSink {
             };
             (builder, client)
         }
+        /// gRPC (tonic): the exporter's own channel; the flush deadline still bounds it (the
+        /// pipeline abandons a flush at its deadline), but failures cannot be told apart, so every
+        /// failed batch is kept for the next flush.
+        #[cfg(feature = "grpc")]
+        fn tonic_config<B: opentelemetry_otlp::WithTonicConfig + WithExportConfig>(
+            builder: B,
+            signal: &SignalConfig,
+        ) -> Result<B, String> {
+            let headers = crate::sinks::http::header_map(&signal.headers, "OTEL_EXPORTER_OTLP_HEADERS")
+                .map_err(|e| e.to_string())?;
+            let builder = builder
+                .with_endpoint(signal.endpoint.as_str())
+                .with_protocol(Protocol::Grpc)
+                .with_timeout(signal.timeout)
+                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers));
+            Ok(if signal.gzip {
+                builder.with_compression(Compression::Gzip)
+            } else {
+                builder
+            })
+        }
         for (configured, sink) in [
             (self.config.traces.is_some(), TRACES),
             (self.config.metrics.is_some(), METRIC_SINK),
@@ -276,57 +297,55 @@ impl OtlpSink {
                 METRICS.init_sink(sink);
             }
         }
-        let traces = match &self.config.traces {
-            Some(signal) => {
-                let (builder, client) = http_config(
-                    opentelemetry_otlp::SpanExporter::builder().with_http(),
-                    signal,
-                    &self.http,
-                    TRACES,
-                );
-                let mut exporter = builder
-                    .build()
-                    .map_err(|e| format!("traces exporter: {e}"))?;
-                exporter.set_resource(&self.resource);
-                Some((exporter, client))
-            }
-            None => None,
+        let temporality = match self.config.temporality {
+            Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
+            Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
         };
-        let metrics = match &self.config.metrics {
-            Some(signal) => {
-                let temporality = match self.config.temporality {
-                    Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
-                    Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
-                };
-                let (builder, client) = http_config(
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_http()
-                        .with_temporality(temporality),
-                    signal,
-                    &self.http,
-                    METRIC_SINK,
-                );
-                let exporter = builder
-                    .build()
-                    .map_err(|e| format!("metrics exporter: {e}"))?;
-                Some((exporter, client))
-            }
-            None => None,
-        };
-        let logs = match &self.config.logs {
-            Some(signal) => {
-                let (builder, client) = http_config(
-                    opentelemetry_otlp::LogExporter::builder().with_http(),
-                    signal,
-                    &self.http,
-                    LOGS,
-                );
-                let mut exporter = builder.build().map_err(|e| format!("logs exporter: {e}"))?;
-                exporter.set_resource(&self.resource);
-                Some((exporter, client))
-            }
-            None => None,
-        };
+        // One arm per transport; the builders differ in type, hence the macro.
+        macro_rules! exporter {
+            ($signal:expr, $sink:expr, $what:literal, $builder:expr $(, $extra:ident($arg:expr))?) => {
+                match $signal {
+                    None => None,
+                    #[cfg(feature = "grpc")]
+                    Some(signal) if signal.protocol == OtlpProtocol::Grpc => {
+                        let builder = tonic_config($builder.with_tonic() $(.$extra($arg))?, signal)?;
+                        let exporter = builder.build().map_err(|e| format!("{} exporter: {e}", $what))?;
+                        Some((exporter, DeadlineClient::new(self.http.clone(), signal.timeout, $sink)))
+                    }
+                    Some(signal) => {
+                        let (builder, client) =
+                            http_config($builder.with_http() $(.$extra($arg))?, signal, &self.http, $sink);
+                        let exporter = builder.build().map_err(|e| format!("{} exporter: {e}", $what))?;
+                        Some((exporter, client))
+                    }
+                }
+            };
+        }
+        let mut traces = exporter!(
+            &self.config.traces,
+            TRACES,
+            "traces",
+            opentelemetry_otlp::SpanExporter::builder()
+        );
+        if let Some((exporter, _)) = &mut traces {
+            exporter.set_resource(&self.resource);
+        }
+        let metrics = exporter!(
+            &self.config.metrics,
+            METRIC_SINK,
+            "metrics",
+            opentelemetry_otlp::MetricExporter::builder(),
+            with_temporality(temporality)
+        );
+        let mut logs = exporter!(
+            &self.config.logs,
+            LOGS,
+            "logs",
+            opentelemetry_otlp::LogExporter::builder()
+        );
+        if let Some((exporter, _)) = &mut logs {
+            exporter.set_resource(&self.resource);
+        }
         Ok(Exporters {
             traces,
             metrics,
