@@ -275,13 +275,16 @@ impl OtlpSink {
             builder: B,
             signal: &SignalConfig,
         ) -> Result<B, String> {
-            let headers = crate::sinks::http::header_map(&signal.headers, "OTEL_EXPORTER_OTLP_HEADERS")
-                .map_err(|e| e.to_string())?;
+            let headers =
+                crate::sinks::http::header_map(&signal.headers, "OTEL_EXPORTER_OTLP_HEADERS")
+                    .map_err(|e| e.to_string())?;
             let builder = builder
                 .with_endpoint(signal.endpoint.as_str())
                 .with_protocol(Protocol::Grpc)
                 .with_timeout(signal.timeout)
-                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers));
+                .with_metadata(
+                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers),
+                );
             Ok(if signal.gzip {
                 builder.with_compression(Compression::Gzip)
             } else {
