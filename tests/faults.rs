@@ -62,7 +62,8 @@ fn raw_sink_failing_then_recovering_gets_everything_once_in_order() {
                 &metrics,
                 "bridge_sink_events_dropped_total{reason=\"rejected\",sink=\"raw_json\"}"
             ),
-            None
+            Some(0.0),
+            "5xx is retried, never dropped"
         );
         assert_held_at_most_the_flush_timeout(&report);
     });

@@ -24,6 +24,9 @@ OPTIONS:
     --quick               smoke mode: 1 run, 20 + 3 small invocations; checks that every figure
                           is produced and finite, no budget checks
     --check               exit 1 when a budget is missed (default: only report)
+    --bridge-env K=V      extra environment for the bridge only (repeatable; an empty V removes
+                          K, e.g. DISPATCH_POST_URI= turns the raw sink off): for experiments
+    --skip-big            run only the standard scenario
     --markdown            print the table as Markdown
     --bridge PATH         the bridge binary (default: lambda-telemetry-bridge next to this binary)
     --floor PATH          the floor binary (default: bench-floor next to this binary)
@@ -49,6 +52,8 @@ struct Args {
     markdown: bool,
     bridge: Option<PathBuf>,
     floor: Option<PathBuf>,
+    bridge_env: Vec<(String, String)>,
+    skip_big: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -62,6 +67,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         markdown: false,
         bridge: None,
         floor: None,
+        bridge_env: Vec::new(),
+        skip_big: false,
     };
     let (mut runs, mut inv, mut big_inv, mut big_lines) = (None, None, None, None);
     fn number(flag: &str, v: Option<String>) -> Result<usize, String> {
@@ -83,6 +90,14 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--markdown" => a.markdown = true,
             "--bridge" => a.bridge = Some(it.next().ok_or("--bridge needs a path")?.into()),
             "--floor" => a.floor = Some(it.next().ok_or("--floor needs a path")?.into()),
+            "--bridge-env" => {
+                let kv = it.next().ok_or("--bridge-env needs K=V")?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--bridge-env: expected K=V, got {kv:?}"))?;
+                a.bridge_env.push((k.to_string(), v.to_string()));
+            }
+            "--skip-big" => a.skip_big = true,
             other => return Err(format!("unknown option {other:?} (see --help)")),
         }
     }
@@ -130,6 +145,7 @@ struct Standard {
     cpu_start_ms: Option<f64>,
     overhead_ms: Option<f64>,
     overhead_p99_ms: Option<f64>,
+    first_overhead_ms: Option<f64>,
     cpu_per_invoke_ms: Option<f64>,
     peak_rss_kib: Option<f64>,
 }
@@ -246,6 +262,27 @@ impl Sinks {
     }
 }
 
+/// `env` with the `--bridge-env` overrides applied (for the bridge only).
+fn with_overrides(
+    ext: Ext,
+    mut env: Vec<(String, String)>,
+    extra: &[(String, String)],
+) -> Vec<(String, String)> {
+    if ext == Ext::Bridge {
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+    }
+    env
+}
+
+fn has_var(env: &[(String, String)], name: &str) -> bool {
+    env.iter().any(|(k, _)| k == name)
+}
+
 fn base_config(path: &Path, env: Vec<(String, String)>) -> SimConfig {
     SimConfig {
         extension_path: path.to_path_buf(),
@@ -294,15 +331,22 @@ fn check_run(ext: Ext, report: &sim::SimReport) -> Result<(), String> {
     }
 }
 
-async fn run_standard(ext: Ext, path: &Path, invocations: usize) -> Result<Standard, String> {
+async fn run_standard(
+    ext: Ext,
+    path: &Path,
+    invocations: usize,
+    extra: &[(String, String)],
+) -> Result<Standard, String> {
     let sinks = Sinks::start().await?;
+    let env = with_overrides(ext, sinks.env(), extra);
+    let raw_on = has_var(&env, "DISPATCH_POST_URI");
     let cfg = SimConfig {
         invocations,
-        ..base_config(path, sinks.env())
+        ..base_config(path, env)
     };
     let report = sim::run(cfg).await.map_err(|e| e.to_string())?;
     check_run(ext, &report)?;
-    if ext == Ext::Bridge {
+    if ext == Ext::Bridge && raw_on {
         let received = sinks.raw_events();
         if received != report.totals.events_sent {
             return Err(format!(
@@ -327,6 +371,11 @@ async fn run_standard(ext: Ext, path: &Path, invocations: usize) -> Result<Stand
             }
         }
     }
+    let first_overhead_ms = report.invocations.first().and_then(|inv| {
+        let next = inv.next_called_at?;
+        let delivered = done_delivered.get(&inv.request_id)?;
+        Some(ms(next.saturating_duration_since(*delivered)))
+    });
     let overheads: Vec<f64> = report
         .invocations
         .iter()
@@ -353,6 +402,7 @@ async fn run_standard(ext: Ext, path: &Path, invocations: usize) -> Result<Stand
         cpu_start_ms: first_cpu.map(|c| c as f64 / 1e6),
         overhead_ms: median(&overheads),
         overhead_p99_ms: percentile(&overheads, 99.0),
+        first_overhead_ms,
         cpu_per_invoke_ms,
         peak_rss_kib: report.peak_rss_kb_before_shutdown.map(|k| k as f64),
     })
@@ -364,6 +414,7 @@ async fn run_big(
     invocations: usize,
     lines: usize,
     quick: bool,
+    extra: &[(String, String)],
 ) -> Result<Big, String> {
     let sinks = Sinks::start().await?;
     let mut env = sinks.env();
@@ -371,6 +422,8 @@ async fn run_big(
         env.push(("BRIDGE_BUFFER_MAX_ITEMS".into(), "10000".into()));
         env.push(("BRIDGE_BUFFER_MAX_BYTES".into(), "1048576".into()));
     }
+    let env = with_overrides(ext, env, extra);
+    let raw_on = has_var(&env, "DISPATCH_POST_URI");
     let cfg = SimConfig {
         invocations,
         log_lines_per_invoke: lines,
@@ -399,7 +452,7 @@ async fn run_big(
         .iter()
         .filter(|t| t.delivered_at.is_some_and(|at| at > first && at <= last))
         .count();
-    if ext == Ext::Bridge {
+    if ext == Ext::Bridge && raw_on {
         let received = sinks.raw_events();
         if received != report.totals.events_sent {
             return Err(format!(
@@ -409,7 +462,7 @@ async fn run_big(
         }
         let function_events = report.event_counts().get("function").copied().unwrap_or(0);
         let logs = sinks.otlp_log_records();
-        if logs < function_events {
+        if extra.is_empty() && logs < function_events {
             return Err(format!(
                 "bridge: the OTLP receiver got {logs} log records for {function_events} function events"
             ));
@@ -692,6 +745,16 @@ fn build_rows(args: &Args, res: &Results, sizes: (u64, u64, u64, u64)) -> Vec<Ro
         true,
     );
     add(
+        "per-invoke overhead, first invocation".into(),
+        col(s, |x| x.first_overhead_ms),
+        1.0,
+        "ms",
+        3,
+        "(reference)",
+        &|_, _, _| true,
+        true,
+    );
+    add(
         "CPU per invocation (both sinks on)".into(),
         col(s, |x| x.cpu_per_invoke_ms),
         1.0,
@@ -711,72 +774,74 @@ fn build_rows(args: &Args, res: &Results, sizes: (u64, u64, u64, u64)) -> Vec<Ro
         &|v, _, _| v <= 10.0,
         true,
     );
-    let b = &res.big;
-    let big_label = if args.quick {
-        "small batches"
-    } else {
-        "1 MiB / 10,000-event batches"
-    };
-    add(
-        format!("peak RSS with {big_label}"),
-        col(b, |x| x.peak_rss_kib),
-        1.0 / 1024.0,
-        "MiB",
-        2,
-        "≤ 48 MiB",
-        &|v, _, _| v <= 48.0,
-        true,
-    );
-    add(
-        "largest telemetry POST (events)".into(),
-        col(b, |x| x.batch_events),
-        1.0,
-        "",
-        0,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    add(
-        "largest telemetry POST (bytes)".into(),
-        col(b, |x| x.batch_bytes),
-        1.0 / mib,
-        "MiB",
-        2,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    add(
-        "throughput, events per CPU-second (listener → both sinks)".into(),
-        col(b, |x| x.events_per_cpu_s()),
-        1.0,
-        "ev/s",
-        0,
-        "≥ 200,000 ev/s",
-        &|v, _, _| v >= 200_000.0,
-        true,
-    );
-    add(
-        "CPU per event".into(),
-        col(b, |x| x.cpu_us_per_event()),
-        1.0,
-        "µs",
-        2,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    add(
-        "throughput, events per wall-second (incl. simulator)".into(),
-        col(b, |x| x.events_per_wall_s()),
-        1.0,
-        "ev/s",
-        0,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
+    if !args.skip_big {
+        let b = &res.big;
+        let big_label = if args.quick {
+            "small batches"
+        } else {
+            "1 MiB / 10,000-event batches"
+        };
+        add(
+            format!("peak RSS with {big_label}"),
+            col(b, |x| x.peak_rss_kib),
+            1.0 / 1024.0,
+            "MiB",
+            2,
+            "≤ 48 MiB",
+            &|v, _, _| v <= 48.0,
+            true,
+        );
+        add(
+            "largest telemetry POST (events)".into(),
+            col(b, |x| x.batch_events),
+            1.0,
+            "",
+            0,
+            "(reference)",
+            &|_, _, _| true,
+            true,
+        );
+        add(
+            "largest telemetry POST (bytes)".into(),
+            col(b, |x| x.batch_bytes),
+            1.0 / mib,
+            "MiB",
+            2,
+            "(reference)",
+            &|_, _, _| true,
+            true,
+        );
+        add(
+            "throughput, events per CPU-second (listener → both sinks)".into(),
+            col(b, |x| x.events_per_cpu_s()),
+            1.0,
+            "ev/s",
+            0,
+            "≥ 200,000 ev/s",
+            &|v, _, _| v >= 200_000.0,
+            true,
+        );
+        add(
+            "CPU per event".into(),
+            col(b, |x| x.cpu_us_per_event()),
+            1.0,
+            "µs",
+            2,
+            "(reference)",
+            &|_, _, _| true,
+            true,
+        );
+        add(
+            "throughput, events per wall-second (incl. simulator)".into(),
+            col(b, |x| x.events_per_wall_s()),
+            1.0,
+            "ev/s",
+            0,
+            "(reference)",
+            &|_, _, _| true,
+            true,
+        );
+    }
     let (bridge_size, floor_size, bridge_zip, floor_zip) = sizes;
     let with_floor = |b: u64, f: u64| (vec![Some(b as f64)], vec![Some(f as f64)]);
     add(
@@ -857,10 +922,22 @@ async fn run(args: Args) -> Result<bool, String> {
         let (mut bb, mut bf) = (Big::default(), Big::default());
         for ext in order {
             let path = if ext == Ext::Bridge { &bridge } else { &floor };
-            let s = run_standard(ext, path, args.invocations).await?;
-            let b = run_big(ext, path, args.big_invocations, args.big_lines, args.quick).await?;
+            let s = run_standard(ext, path, args.invocations, &args.bridge_env).await?;
+            let b = if args.skip_big {
+                Big::default()
+            } else {
+                run_big(
+                    ext,
+                    path,
+                    args.big_invocations,
+                    args.big_lines,
+                    args.quick,
+                    &args.bridge_env,
+                )
+                .await?
+            };
             eprintln!(
-                "  run {}/{} {:6}: cold {:.2} ms, cpu@start {:.2} ms, overhead {:.3} ms (p99 {:.3}), cpu/inv {:.3} ms, rss {:.0} KiB | big: rss {:.0} KiB, {} ev, {:.0} ev/cpu-s, {:.0} ev/s, max POST {} ev / {} B",
+                "  run {}/{} {:6}: cold {:.2} ms, cpu@start {:.2} ms, overhead {:.3} ms (p99 {:.3}, first {:.3}), cpu/inv {:.3} ms, rss {:.0} KiB | big: rss {:.0} KiB, {} ev, {:.0} ev/cpu-s, {:.0} ev/s, max POST {} ev / {} B",
                 r + 1,
                 args.runs,
                 ext.name(),
@@ -868,6 +945,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 s.cpu_start_ms.unwrap_or(f64::NAN),
                 s.overhead_ms.unwrap_or(f64::NAN),
                 s.overhead_p99_ms.unwrap_or(f64::NAN),
+                s.first_overhead_ms.unwrap_or(f64::NAN),
                 s.cpu_per_invoke_ms.unwrap_or(f64::NAN),
                 s.peak_rss_kib.unwrap_or(f64::NAN),
                 b.peak_rss_kib.unwrap_or(f64::NAN),
