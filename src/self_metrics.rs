@@ -287,7 +287,7 @@ impl Pusher {
             url,
             interval,
             last: None,
-            client: crate::sinks::http::LazyClient::new(),
+            client: crate::sinks::http::LazyClient::for_urls([base]),
         }
     }
 

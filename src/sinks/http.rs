@@ -37,19 +37,22 @@ pub enum PostError {
 #[derive(Debug)]
 pub struct LazyClient {
     client: OnceLock<reqwest::Client>,
-}
-
-impl Default for LazyClient {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Whether any URL this client serves is https. Loading the platform's root certificates
+    /// costs ~10 ms of CPU (parsing a ~200 KB PEM bundle), so plain-http clients skip it.
+    needs_tls: bool,
 }
 
 impl LazyClient {
-    pub const fn new() -> Self {
+    pub const fn new(needs_tls: bool) -> Self {
         LazyClient {
             client: OnceLock::new(),
+            needs_tls,
         }
+    }
+
+    /// A client for these URLs: with TLS roots only if one of them is https.
+    pub fn for_urls<'a>(urls: impl IntoIterator<Item = &'a reqwest::Url>) -> Self {
+        Self::new(urls.into_iter().any(|u| u.scheme() == "https"))
     }
 
     pub fn get(&self) -> Result<&reqwest::Client, HttpError> {
@@ -58,7 +61,12 @@ impl LazyClient {
         }
         // ring is the provider compiled in; installing fails only if one is already set.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !self.needs_tls {
+            // No https URL: an empty root store instead of loading the platform's roots.
+            builder = builder.tls_certs_only(Vec::new());
+        }
+        let client = builder
             .no_proxy()
             // Lambda freezes the process; a pooled connection may be dead after a thaw. Keep the
             // pool short-lived so most flushes after a long freeze start on a fresh connection.

@@ -36,7 +36,7 @@ impl RawJsonSink {
                 headers
             },
             min_batch_size: config.min_batch_size,
-            client: LazyClient::new(),
+            client: LazyClient::for_urls([&config.uri]),
         })
     }
 

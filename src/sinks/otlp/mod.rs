@@ -208,6 +208,12 @@ impl OtlpSink {
         let logger = logger_provider
             .as_ref()
             .map(|p| p.logger_with_scope(scope.clone()));
+        let http = Arc::new(LazyClient::for_urls(
+            [&config.traces, &config.metrics, &config.logs]
+                .into_iter()
+                .flatten()
+                .map(|s| &s.endpoint),
+        ));
         let function_name = identity
             .function_name
             .clone()
@@ -226,7 +232,7 @@ impl OtlpSink {
             reader,
             _meter_provider: meter_provider,
             _logger_provider: logger_provider,
-            http: Arc::new(LazyClient::new()),
+            http,
             exporters: OnceLock::new(),
             spans: Mutex::new(VecDeque::new()),
             logs: Mutex::new(VecDeque::new()),
