@@ -13,6 +13,7 @@ use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
 use crate::self_metrics::{self, Pusher, METRICS};
+use crate::sinks::http::LazyClient;
 use crate::sinks::otlp::{FunctionIdentity, OtlpSink};
 use crate::sinks::raw_json::RawJsonSink;
 use crate::telemetry::progress::{self, Progress};
@@ -87,9 +88,23 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         return ExitCode::from(1);
     }
 
+    // One HTTP client (one connection pool, TLS roots loaded at most once) for every output.
+    let outbound = config
+        .dispatch
+        .iter()
+        .map(|d| &d.uri)
+        .chain(config.otlp.iter().flat_map(|o| {
+            [&o.traces, &o.metrics, &o.logs]
+                .into_iter()
+                .flatten()
+                .map(|s| &s.endpoint)
+        }))
+        .chain(config.pushgateway.iter());
+    let http = Arc::new(LazyClient::for_urls(outbound));
+
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     match &config.dispatch {
-        Some(dispatch) => match RawJsonSink::new(dispatch) {
+        Some(dispatch) => match RawJsonSink::new(dispatch, http.clone()) {
             Ok(sink) => {
                 tracing::info!(
                     endpoint = %redact_url(&dispatch.uri),
@@ -129,6 +144,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
                 otlp.clone(),
                 &identity,
                 config.pricing,
+                http.clone(),
             )));
         }
         None => tracing::info!(
@@ -152,7 +168,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
     let pusher = config.pushgateway.as_ref().map(|url| {
         let instance = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
             .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
-        Pusher::new(url, &instance, config.push_interval)
+        Pusher::new(url, &instance, config.push_interval, http.clone())
     });
 
     let (progress_tx, progress_rx) = progress::channel();

@@ -264,12 +264,17 @@ pub struct Pusher {
     url: reqwest::Url,
     interval: std::time::Duration,
     last: Option<tokio::time::Instant>,
-    client: crate::sinks::http::LazyClient,
+    client: std::sync::Arc<crate::sinks::http::LazyClient>,
 }
 
 impl Pusher {
     /// `instance` groups this execution environment's series (its log stream name).
-    pub fn new(base: &reqwest::Url, instance: &str, interval: std::time::Duration) -> Pusher {
+    pub fn new(
+        base: &reqwest::Url,
+        instance: &str,
+        interval: std::time::Duration,
+        client: std::sync::Arc<crate::sinks::http::LazyClient>,
+    ) -> Pusher {
         let mut url = base.clone();
         // A log stream name holds '/', which a Pushgateway path segment cannot: its protocol
         // takes such label values base64url-encoded, as `instance@base64/<value>`.
@@ -287,7 +292,7 @@ impl Pusher {
             url,
             interval,
             last: None,
-            client: crate::sinks::http::LazyClient::for_urls([base]),
+            client,
         }
     }
 

@@ -68,6 +68,8 @@ impl LazyClient {
         }
         let client = builder
             .no_proxy()
+            // Telemetry endpoints do not redirect; following would re-send bodies unbounded.
+            .redirect(reqwest::redirect::Policy::none())
             // Lambda freezes the process; a pooled connection may be dead after a thaw. Keep the
             // pool short-lived so most flushes after a long freeze start on a fresh connection.
             .pool_idle_timeout(Duration::from_secs(30))

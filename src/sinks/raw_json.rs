@@ -1,6 +1,8 @@
 //! The raw JSON sink: POSTs events to `DISPATCH_POST_URI` as a JSON array, each event's bytes
 //! exactly as Lambda sent them, in arrival order, each once across all POSTs.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
@@ -20,13 +22,13 @@ pub struct RawJsonSink {
     shown_url: String,
     headers: HeaderMap,
     min_batch_size: usize,
-    client: LazyClient,
+    client: Arc<LazyClient>,
 }
 
 const SINK: &str = "raw_json";
 
 impl RawJsonSink {
-    pub fn new(config: &DispatchConfig) -> Result<RawJsonSink, HttpError> {
+    pub fn new(config: &DispatchConfig, client: Arc<LazyClient>) -> Result<RawJsonSink, HttpError> {
         Ok(RawJsonSink {
             url: config.uri.clone(),
             shown_url: redact_url(&config.uri),
@@ -36,7 +38,7 @@ impl RawJsonSink {
                 headers
             },
             min_batch_size: config.min_batch_size,
-            client: LazyClient::for_urls([&config.uri]),
+            client,
         })
     }
 

@@ -181,7 +181,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl OtlpSink {
-    pub fn new(config: OtlpConfig, identity: &FunctionIdentity, pricing: Pricing) -> OtlpSink {
+    pub fn new(
+        config: OtlpConfig,
+        identity: &FunctionIdentity,
+        pricing: Pricing,
+        http: Arc<LazyClient>,
+    ) -> OtlpSink {
         let resource = build_resource(identity, &config);
         let scope = InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
             .with_version(env!("CARGO_PKG_VERSION"))
@@ -208,12 +213,6 @@ impl OtlpSink {
         let logger = logger_provider
             .as_ref()
             .map(|p| p.logger_with_scope(scope.clone()));
-        let http = Arc::new(LazyClient::for_urls(
-            [&config.traces, &config.metrics, &config.logs]
-                .into_iter()
-                .flatten()
-                .map(|s| &s.endpoint),
-        ));
         let function_name = identity
             .function_name
             .clone()
@@ -254,7 +253,7 @@ impl OtlpSink {
             http: &Arc<LazyClient>,
             sink: &'static str,
         ) -> (B, Arc<DeadlineClient>) {
-            let client = DeadlineClient::new(http.clone(), signal.timeout, sink);
+            let client = DeadlineClient::new(http.clone(), signal, sink);
             let headers: HashMap<String, String> = signal.headers.iter().cloned().collect();
             let builder = builder
                 .with_endpoint(signal.endpoint.as_str())
@@ -319,7 +318,7 @@ impl OtlpSink {
                     Some(signal) if signal.protocol == OtlpProtocol::Grpc => {
                         let builder = tonic_config($builder.with_tonic() $(.$extra($arg))?, signal)?;
                         let exporter = builder.build().map_err(|e| format!("{} exporter: {e}", $what))?;
-                        Some((exporter, DeadlineClient::new(self.http.clone(), signal.timeout, $sink)))
+                        Some((exporter, DeadlineClient::new(self.http.clone(), signal, $sink)))
                     }
                     Some(signal) => {
                         let (builder, client) =

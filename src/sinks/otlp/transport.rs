@@ -8,6 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::SignalConfig;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
@@ -27,6 +29,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct DeadlineClient {
     http: Arc<LazyClient>,
+    /// The signal's endpoint, parsed once (the exporter's request carries the same URI).
+    endpoint: reqwest::Url,
     attempt_timeout: Duration,
     /// The self-metrics `sink` label.
     sink: &'static str,
@@ -37,12 +41,13 @@ pub struct DeadlineClient {
 impl DeadlineClient {
     pub fn new(
         http: Arc<LazyClient>,
-        attempt_timeout: Duration,
+        signal: &SignalConfig,
         sink: &'static str,
     ) -> Arc<DeadlineClient> {
         Arc::new(DeadlineClient {
             http,
-            attempt_timeout,
+            endpoint: signal.endpoint.clone(),
+            attempt_timeout: signal.timeout,
             sink,
             deadline: Mutex::new(Instant::now()),
             outcome: Mutex::new(None),
@@ -80,12 +85,11 @@ impl HttpClient for SharedClient {
         let inner = &self.0;
         let deadline = *inner.deadline.lock().unwrap_or_else(|e| e.into_inner());
         let client = inner.http.get()?;
-        let url = reqwest::Url::parse(&request.uri().to_string())?;
         let (parts, body) = request.into_parts();
         let size = body.len() as u64;
         match post_with_retry(
             client,
-            &url,
+            &inner.endpoint,
             &parts.headers,
             body,
             deadline,
