@@ -71,135 +71,58 @@ pub fn request_id(event: &Value) -> Option<&str> {
 }
 
 pub mod otlp {
-    //! Decodes what an OTLP/HTTP receiver got, with the protobuf definitions (or their JSON form).
-    use std::io::Read;
-
+    //! What an OTLP/HTTP receiver got, decoded with the protobuf definitions (or their JSON form)
+    //! by the simulator's decoder; unlike its lenient `decode_*`, a payload that does not decode
+    //! fails the test here.
+    use lambda_telemetry_bridge::sim::otlp_receiver::{self, decode, Signal};
     use lambda_telemetry_bridge::sim::{RecordedRequest, RecordingEndpoint};
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::logs::v1::LogRecord;
     use opentelemetry_proto::tonic::metrics::v1::Metric;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::Span;
-    use prost::Message;
 
-    fn body(request: &RecordedRequest) -> Vec<u8> {
-        if request.header("content-encoding") == Some("gzip") {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&request.body[..])
-                .read_to_end(&mut out)
-                .expect("valid gzip");
-            out
-        } else {
-            request.body.clone()
+    #[allow(unused_imports)] // each test crate uses a different subset
+    pub use otlp_receiver::{attr_bool, attr_int, attr_str};
+
+    /// The accepted requests of one signal, each checked to decode strictly.
+    fn accepted<T>(endpoint: &RecordingEndpoint, signal: Signal) -> Vec<RecordedRequest>
+    where
+        T: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        let requests: Vec<RecordedRequest> = otlp_receiver::accepted(&endpoint.requests(), signal)
+            .cloned()
+            .collect();
+        for request in &requests {
+            if let Err(e) = decode::<T>(request) {
+                panic!("an invalid OTLP {} payload: {e}", signal.name());
+            }
         }
-    }
-
-    fn is_json(request: &RecordedRequest) -> bool {
-        request
-            .header("content-type")
-            .is_some_and(|c| c.contains("json"))
-    }
-
-    fn decode<T: Message + Default + serde::de::DeserializeOwned>(request: &RecordedRequest) -> T {
-        let bytes = body(request);
-        if is_json(request) {
-            serde_json::from_slice(&bytes).expect("valid OTLP JSON")
-        } else {
-            T::decode(&bytes[..]).expect("valid OTLP protobuf")
-        }
-    }
-
-    fn posts<'a>(
-        requests: &'a [RecordedRequest],
-        path: &'a str,
-    ) -> impl Iterator<Item = &'a RecordedRequest> {
         requests
-            .iter()
-            .filter(move |r| r.method == "POST" && r.path == path && r.succeeded())
     }
 
     pub fn spans(endpoint: &RecordingEndpoint) -> Vec<(Resource, Span)> {
-        let requests = endpoint.requests();
-        let mut out = Vec::new();
-        for r in posts(&requests, "/v1/traces") {
-            let req: ExportTraceServiceRequest = decode(r);
-            for rs in req.resource_spans {
-                let resource = rs.resource.clone().unwrap_or_default();
-                for ss in rs.scope_spans {
-                    for span in ss.spans {
-                        out.push((resource.clone(), span));
-                    }
-                }
-            }
-        }
-        out
+        otlp_receiver::decode_traces(&accepted::<ExportTraceServiceRequest>(
+            endpoint,
+            Signal::Traces,
+        ))
     }
 
     /// Every metric of every export, in order (cumulative exports repeat earlier series).
     pub fn metrics(endpoint: &RecordingEndpoint) -> Vec<(Resource, Metric)> {
-        let requests = endpoint.requests();
-        let mut out = Vec::new();
-        for r in posts(&requests, "/v1/metrics") {
-            let req: ExportMetricsServiceRequest = decode(r);
-            for rm in req.resource_metrics {
-                let resource = rm.resource.clone().unwrap_or_default();
-                for sm in rm.scope_metrics {
-                    for m in sm.metrics {
-                        out.push((resource.clone(), m));
-                    }
-                }
-            }
-        }
-        out
+        otlp_receiver::decode_metrics(&accepted::<ExportMetricsServiceRequest>(
+            endpoint,
+            Signal::Metrics,
+        ))
     }
 
     pub fn logs(endpoint: &RecordingEndpoint) -> Vec<(Resource, LogRecord)> {
-        let requests = endpoint.requests();
-        let mut out = Vec::new();
-        for r in posts(&requests, "/v1/logs") {
-            let req: ExportLogsServiceRequest = decode(r);
-            for rl in req.resource_logs {
-                let resource = rl.resource.clone().unwrap_or_default();
-                for sl in rl.scope_logs {
-                    for l in sl.log_records {
-                        out.push((resource.clone(), l));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    pub fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
-        attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v: &AnyValue| v.value.as_ref())
-    }
-
-    pub fn attr_str<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
-        match attr(attributes, key)? {
-            any_value::Value::StringValue(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn attr_bool(attributes: &[KeyValue], key: &str) -> Option<bool> {
-        match attr(attributes, key)? {
-            any_value::Value::BoolValue(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    pub fn attr_int(attributes: &[KeyValue], key: &str) -> Option<i64> {
-        match attr(attributes, key)? {
-            any_value::Value::IntValue(i) => Some(*i),
-            _ => None,
-        }
+        otlp_receiver::decode_logs(&accepted::<ExportLogsServiceRequest>(
+            endpoint,
+            Signal::Logs,
+        ))
     }
 }
 
