@@ -46,6 +46,7 @@ struct Bridge {
     progress: watch::Receiver<Progress>,
     /// False when the subscription failed: no runtimeDone will ever come, so never wait for it.
     telemetry_live: bool,
+    listener: Option<listener::Listener>,
     last_flush: Instant,
     last_request: Option<String>,
     invocations: u64,
@@ -172,7 +173,8 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
     });
 
     let (progress_tx, progress_rx) = progress::channel();
-    let telemetry_live = start_telemetry(&config, &api, pipeline.clone(), progress_tx).await;
+    let (listener, telemetry_live) =
+        start_telemetry(&config, &api, pipeline.clone(), progress_tx).await;
 
     let mut bridge = Bridge {
         config,
@@ -180,6 +182,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         pipeline,
         progress: progress_rx,
         telemetry_live,
+        listener,
         last_flush: Instant::now(),
         last_request: None,
         invocations: 0,
@@ -188,14 +191,14 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
     bridge.event_loop().await
 }
 
-/// Binds the listener and subscribes. Failure here degrades the bridge (no telemetry) but never
-/// fails the function's init.
+/// Binds the listener and subscribes; returns the listener and whether telemetry will arrive.
+/// Failure here degrades the bridge (no telemetry) but never fails the function's init.
 async fn start_telemetry(
     config: &Config,
     api: &ExtensionsApi,
     pipeline: Arc<Pipeline>,
     progress_tx: watch::Sender<Progress>,
-) -> bool {
+) -> (Option<listener::Listener>, bool) {
     let listener = match listener::start(
         &config.listener_host,
         config.listener_port,
@@ -208,11 +211,11 @@ async fn start_telemetry(
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "telemetry disabled");
-            return false;
+            return (None, false);
         }
     };
     let body = subscription::subscription_body(config, listener.local_addr.port());
-    match api.subscribe_telemetry(body).await {
+    let live = match api.subscribe_telemetry(body).await {
         Ok(status) => {
             tracing::info!(
                 listener = %listener.local_addr,
@@ -230,7 +233,8 @@ async fn start_telemetry(
             tracing::error!(error = %e, "telemetry subscription failed; no telemetry will arrive");
             false
         }
-    }
+    };
+    (Some(listener), live)
 }
 
 impl Bridge {
@@ -417,6 +421,12 @@ impl Bridge {
                     "the last invocation's platform.report did not arrive in time"
                 );
             }
+        }
+        // Close the listener before the last flushes: requests in flight finish (Lambda gets its
+        // answer, their events reach the queue), and nothing is accepted that could not be sent.
+        if let Some(listener) = self.listener.take() {
+            let budget = hard_deadline.saturating_duration_since(Instant::now()) / 4;
+            listener.stop(Instant::now() + budget).await;
         }
         for _ in 0..SHUTDOWN_FLUSH_ROUNDS {
             let posts_before = self.progress.borrow().posts;

@@ -318,20 +318,27 @@ impl Pusher {
                 return;
             }
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
         let result = client
-            .put(self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .timeout(remaining)
-            .body(METRICS.render())
-            .send()
+            .send(
+                reqwest::Method::PUT,
+                &self.url,
+                &headers,
+                METRICS.render().into(),
+                remaining,
+            )
             .await;
         match result {
-            Ok(r) if r.status().is_success() => tracing::debug!("self-metrics pushed"),
-            Ok(r) => {
-                tracing::warn!(status = r.status().as_u16(), endpoint = %crate::config::redact_url(&self.url), "self-metrics push rejected")
+            Ok(answer) if answer.status.is_success() => tracing::debug!("self-metrics pushed"),
+            Ok(answer) => {
+                tracing::warn!(status = answer.status.as_u16(), endpoint = %crate::config::redact_url(&self.url), "self-metrics push rejected")
             }
-            Err(e) => {
-                tracing::warn!(endpoint = %crate::config::redact_url(&self.url), timeout = e.is_timeout(), "self-metrics push failed")
+            Err(error) => {
+                tracing::warn!(endpoint = %crate::config::redact_url(&self.url), error, "self-metrics push failed")
             }
         }
     }

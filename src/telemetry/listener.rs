@@ -5,7 +5,6 @@
 //! answers in microseconds even while sinks are stuck.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -39,23 +38,30 @@ pub enum ListenerError {
     },
 }
 
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    pub posts: AtomicU64,
-    pub events: AtomicU64,
-    pub malformed_events: AtomicU64,
-    pub rejected_posts: AtomicU64,
-}
-
 struct Shared {
     pipeline: Arc<Pipeline>,
     progress: watch::Sender<Progress>,
-    stats: Arc<ListenerStats>,
 }
 
+/// The running listener.
 pub struct Listener {
     pub local_addr: SocketAddr,
-    pub stats: Arc<ListenerStats>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stops accepting, lets requests in flight finish (their events reach the pipeline and
+    /// Lambda gets its answer), and returns when the server is done or at `deadline`.
+    pub async fn stop(self, deadline: tokio::time::Instant) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout_at(deadline, self.server)
+            .await
+            .is_err()
+        {
+            tracing::debug!("telemetry listener: requests still in flight at the deadline");
+        }
+    }
 }
 
 /// Binds and starts serving on the current runtime; returns the address really bound.
@@ -78,22 +84,25 @@ pub async fn start(
         port,
         source,
     })?;
-    let stats = Arc::new(ListenerStats::default());
-    let shared = Arc::new(Shared {
-        pipeline,
-        progress,
-        stats: stats.clone(),
-    });
+    let shared = Arc::new(Shared { pipeline, progress });
     let app = Router::new()
         .fallback(receive)
         .layer(DefaultBodyLimit::max(body_limit(buffering)))
         .with_state(shared);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(socket, app).await {
+    let (stop, mut stopped) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(socket, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
             tracing::error!(error = %e, "telemetry listener stopped");
         }
     });
-    Ok(Listener { local_addr, stats })
+    Ok(Listener {
+        local_addr,
+        stop,
+        server,
+    })
 }
 
 async fn receive(
@@ -102,7 +111,6 @@ async fn receive(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> (StatusCode, &'static str) {
     if method != axum::http::Method::POST {
-        shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
         METRICS
             .listener_rejected
             .with_label_values(&["method"])
@@ -115,7 +123,6 @@ async fn receive(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
             let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 "too_large"
             } else {
@@ -130,7 +137,6 @@ async fn receive(
     let batch = match parse_batch(&body) {
         Ok(batch) => batch,
         Err(e) => {
-            shared.stats.rejected_posts.fetch_add(1, Ordering::Relaxed);
             METRICS
                 .listener_rejected
                 .with_label_values(&["not_an_array"])
@@ -140,20 +146,11 @@ async fn receive(
         }
     };
     let count = batch.events.len();
-    shared.stats.posts.fetch_add(1, Ordering::Relaxed);
     METRICS.listener_posts.inc();
     for event in &batch.events {
         METRICS.event_received(event.kind());
     }
-    shared
-        .stats
-        .events
-        .fetch_add(count as u64, Ordering::Relaxed);
     if batch.malformed > 0 {
-        shared
-            .stats
-            .malformed_events
-            .fetch_add(batch.malformed as u64, Ordering::Relaxed);
         tracing::warn!(
             malformed = batch.malformed,
             events = count,
