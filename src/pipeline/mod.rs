@@ -82,16 +82,17 @@ pub struct SinkFlush {
 pub struct Pipeline {
     queue: Mutex<Queue>,
     sinks: Vec<Arc<dyn Sink>>,
+    /// The sinks' self-metric series are created at the first flush, not at start-up: building
+    /// the registry costs CPU that would otherwise delay the first `/event/next`.
+    series_created: std::sync::Once,
 }
 
 impl Pipeline {
     pub fn new(sinks: Vec<Arc<dyn Sink>>, max_events: usize, max_bytes: usize) -> Pipeline {
-        for sink in &sinks {
-            METRICS.init_sink(sink.name());
-        }
         Pipeline {
             queue: Mutex::new(Queue::new(sinks.len(), max_events, max_bytes)),
             sinks,
+            series_created: std::sync::Once::new(),
         }
     }
 
@@ -125,6 +126,11 @@ impl Pipeline {
 
     /// Offers every sink its pending events, concurrently, until `deadline`.
     pub async fn flush(&self, reason: FlushReason, deadline: Instant) -> Vec<SinkFlush> {
+        self.series_created.call_once(|| {
+            for sink in &self.sinks {
+                METRICS.init_sink(sink.name());
+            }
+        });
         let batches: Vec<(u64, Vec<Event>, u64)> = {
             let mut queue = self.queue();
             (0..self.sinks.len())

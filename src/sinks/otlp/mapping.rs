@@ -170,12 +170,18 @@ impl Instruments {
 
 // ---- the records, as the Telemetry API schema (2022-12-13) defines them ----
 
+/// An event whose record is parsed straight into its schema type: one pass over the bytes.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+struct Typed<'a, R> {
     #[serde(borrow)]
     time: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    record: Option<&'a RawValue>,
+    record: R,
+}
+
+/// The event's time (when it has a valid one) and its record as `R`.
+fn typed<'a, R: Deserialize<'a>>(raw: &'a [u8]) -> Option<(Option<SystemTime>, R)> {
+    let event: Typed<'a, R> = serde_json::from_slice(raw).ok()?;
+    Some((event.time.as_deref().and_then(parse_time), event.record))
 }
 
 #[derive(Deserialize, Default)]
@@ -414,32 +420,36 @@ impl Mapper {
     }
 
     fn map_known(&mut self, event: &Event) -> Option<()> {
-        let text = std::str::from_utf8(event.raw()).ok()?;
-        let envelope: Envelope = serde_json::from_str(text).ok()?;
-        let time = envelope.time.as_deref().and_then(parse_time);
-        let record = envelope.record?.get();
+        let raw = event.raw();
         match event.kind() {
-            EventKind::Start => self.on_start(serde_json::from_str(record).ok()?, time?),
-            EventKind::RuntimeDone => {
-                self.on_runtime_done(serde_json::from_str(record).ok()?, time?)
+            EventKind::Start => {
+                let (time, record) = typed::<StartRecord>(raw)?;
+                self.on_start(record, time?)
             }
-            EventKind::Report => self.on_report(serde_json::from_str(record).ok()?, time?),
+            EventKind::RuntimeDone => {
+                let (time, record) = typed::<RuntimeDoneRecord>(raw)?;
+                self.on_runtime_done(record, time?)
+            }
+            EventKind::Report => {
+                let (time, record) = typed::<ReportRecord>(raw)?;
+                self.on_report(record, time?)
+            }
             EventKind::InitStart | EventKind::RestoreStart => {
-                let record: PhaseRecord = serde_json::from_str(record).ok()?;
+                let (time, record) = typed::<PhaseRecord>(raw)?;
                 let phase = self.phase(event.kind());
                 phase.ids();
                 phase.start = Some(time?);
                 merge(&mut phase.record, record);
             }
             EventKind::InitRuntimeDone | EventKind::RestoreRuntimeDone => {
-                let record: PhaseRecord = serde_json::from_str(record).ok()?;
+                let (time, record) = typed::<PhaseRecord>(raw)?;
                 let phase = self.phase(event.kind());
                 phase.ids();
                 phase.runtime_done = Some(time?);
                 merge(&mut phase.record, record);
             }
             EventKind::InitReport | EventKind::RestoreReport => {
-                let record: PhaseRecord = serde_json::from_str(record).ok()?;
+                let (time, record) = typed::<PhaseRecord>(raw)?;
                 let restore = event.kind() == EventKind::RestoreReport;
                 if let Some(d) = record.metrics.as_ref().and_then(|m| m.duration_ms) {
                     let histogram = if restore {
@@ -455,7 +465,7 @@ impl Mapper {
                 self.emit_phase(restore, end, false);
             }
             EventKind::LogsDropped => {
-                let record: LogsDroppedRecord = serde_json::from_str(record).ok()?;
+                let (_, record) = typed::<LogsDroppedRecord>(raw)?;
                 self.instruments
                     .logs_dropped_records
                     .add(record.dropped_records.unwrap_or(0), &self.common);
@@ -464,7 +474,8 @@ impl Mapper {
                     .add(record.dropped_bytes.unwrap_or(0), &self.common);
             }
             EventKind::FunctionLog | EventKind::ExtensionLog => {
-                self.on_log(event.kind(), envelope.record?, time)
+                let (time, record) = typed::<&RawValue>(raw)?;
+                self.on_log(event.kind(), record, time)
             }
             _ => {}
         }
