@@ -23,7 +23,7 @@ use crate::telemetry::{listener, subscription};
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
 /// Used when SHUTDOWN carries no usable deadline (internal-extension budget, the smallest).
 const FALLBACK_SHUTDOWN_BUDGET: Duration = Duration::from_millis(500);
-/// Shutdown flush rounds: the first sends everything; later ones pick up stragglers and retry.
+/// Shutdown flush rounds: the first sends everything; later ones retry what a sink left.
 const SHUTDOWN_FLUSH_ROUNDS: usize = 3;
 
 /// Converts an epoch-milliseconds deadline to a monotonic instant, computed now (so a deadline
@@ -428,11 +428,10 @@ impl Bridge {
             let budget = hard_deadline.saturating_duration_since(Instant::now()) / 4;
             listener.stop(Instant::now() + budget).await;
         }
+        // Nothing new can arrive now; further rounds only retry what a sink left undelivered.
         for _ in 0..SHUTDOWN_FLUSH_ROUNDS {
-            let posts_before = self.progress.borrow().posts;
             let complete = self.flush(FlushReason::Shutdown, hard_deadline).await;
-            let posts_after = self.progress.borrow().posts;
-            if (complete && posts_after == posts_before) || Instant::now() >= hard_deadline {
+            if complete || Instant::now() >= hard_deadline {
                 break;
             }
         }

@@ -13,8 +13,6 @@ const REMEMBERED: usize = 64;
 pub struct Progress {
     runtime_done: VecDeque<String>,
     reported: VecDeque<String>,
-    /// Count of POSTs accepted so far (lets shutdown notice anything still arriving).
-    pub posts: u64,
 }
 
 impl Progress {
@@ -42,8 +40,10 @@ pub fn channel() -> (watch::Sender<Progress>, watch::Receiver<Progress>) {
 
 /// Records what one accepted POST contained, waking waiters only if something changed.
 pub fn record(tx: &watch::Sender<Progress>, runtime_done: Vec<String>, reports: Vec<String>) {
+    if runtime_done.is_empty() && reports.is_empty() {
+        return; // nothing a waiter could be waiting for
+    }
     tx.send_modify(|p| {
-        p.posts += 1;
         Progress::remember(&mut p.runtime_done, runtime_done);
         Progress::remember(&mut p.reported, reports);
     });
