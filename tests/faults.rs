@@ -23,6 +23,24 @@ fn max_hold(report: &SimReport) -> Duration {
         .unwrap_or_default()
 }
 
+fn assert_each_invocation_span_exported_once(report: &SimReport, collector: &RecordingEndpoint) {
+    let spans = common::otlp::spans(collector);
+    for invocation in &report.invocations {
+        let n = spans
+            .iter()
+            .filter(|(_, s)| {
+                common::otlp::attr_str(&s.attributes, "faas.invocation_id")
+                    == Some(&invocation.request_id)
+            })
+            .count();
+        assert_eq!(
+            n, 1,
+            "invocation {} exported exactly once",
+            invocation.index
+        );
+    }
+}
+
 fn assert_held_at_most_the_flush_timeout(report: &SimReport) {
     let held = max_hold(report);
     assert!(
@@ -202,21 +220,7 @@ fn a_collector_answering_503_gets_the_spans_when_it_recovers() {
             report.events_sent,
             "the raw sink is not held back"
         );
-        let spans = common::otlp::spans(&collector);
-        for invocation in &report.invocations {
-            let n = spans
-                .iter()
-                .filter(|(_, s)| {
-                    common::otlp::attr_str(&s.attributes, "faas.invocation_id")
-                        == Some(&invocation.request_id)
-                })
-                .count();
-            assert_eq!(
-                n, 1,
-                "invocation {} exported exactly once",
-                invocation.index
-            );
-        }
+        assert_each_invocation_span_exported_once(&report, &collector);
         assert_held_at_most_the_flush_timeout(&report);
     });
 }
@@ -415,17 +419,7 @@ fn sigstop_sigcont_between_every_invocation_loses_and_duplicates_nothing() {
         let report = run(cfg).await;
         assert_clean(&report);
         assert_eq!(sink.received_events(), report.events_sent);
-        let spans = common::otlp::spans(&collector);
-        for invocation in &report.invocations {
-            let n = spans
-                .iter()
-                .filter(|(_, s)| {
-                    common::otlp::attr_str(&s.attributes, "faas.invocation_id")
-                        == Some(&invocation.request_id)
-                })
-                .count();
-            assert_eq!(n, 1);
-        }
+        assert_each_invocation_span_exported_once(&report, &collector);
     });
 }
 

@@ -11,13 +11,6 @@ use std::time::Duration;
 use common::*;
 use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A blocking scrape (the simulator's progress callback is synchronous).
 fn scrape(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listens");
@@ -32,13 +25,6 @@ fn scrape(port: u16) -> String {
     text
 }
 
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
     block_on(async {
@@ -48,7 +34,7 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
         let gateway = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("pushgateway");
-        let port = free_port();
+        let port = dead_port();
         let scraped = Arc::new(Mutex::new(String::new()));
         let mut cfg = config(
             6,
@@ -71,24 +57,24 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
         let text = scraped.lock().expect("lock").clone();
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(
-            value(&text, "bridge_invocations_total").is_some_and(|v| v >= 4.0),
+            metric_value(&text, "bridge_invocations_total").is_some_and(|v| v >= 4.0),
             "{text}"
         );
-        assert!(value(
+        assert!(metric_value(
             &text,
             "bridge_events_received_total{type=\"platform.start\"}"
         )
         .is_some_and(|v| v >= 4.0));
         assert!(
-            value(&text, "bridge_sink_events_sent_total{sink=\"raw_json\"}")
+            metric_value(&text, "bridge_sink_events_sent_total{sink=\"raw_json\"}")
                 .is_some_and(|v| v > 0.0)
         );
-        assert!(value(
+        assert!(metric_value(
             &text,
             "bridge_flush_duration_seconds_count{reason=\"invoke\"}"
         )
         .is_some_and(|v| v >= 4.0));
-        assert!(value(&text, "bridge_listener_posts_total").is_some_and(|v| v > 0.0));
+        assert!(metric_value(&text, "bridge_listener_posts_total").is_some_and(|v| v > 0.0));
         assert!(text.contains("bridge_queue_depth_events"));
 
         // Pushed at the first invoke flush (interval not yet started) and at shutdown.
@@ -104,8 +90,9 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
             );
         }
         let last = String::from_utf8(pushes.last().expect("a push").body.clone()).expect("text");
-        assert_eq!(value(&last, "bridge_invocations_total"), Some(6.0));
-        let sent = value(&last, "bridge_sink_events_sent_total{sink=\"raw_json\"}").expect("sent");
+        assert_eq!(metric_value(&last, "bridge_invocations_total"), Some(6.0));
+        let sent =
+            metric_value(&last, "bridge_sink_events_sent_total{sink=\"raw_json\"}").expect("sent");
         // The shutdown push follows the final flush: it counts every event delivered.
         assert_eq!(sent as usize, sink.received_events().len());
     });
