@@ -125,7 +125,40 @@ fn default_extension() -> Result<PathBuf, String> {
     let dir = exe
         .parent()
         .ok_or("cannot locate the directory of lambda-sim")?;
+    build_extension_under_cargo(dir)?;
     Ok(dir.join("lambda-telemetry-bridge"))
+}
+
+/// Under `cargo run` (which sets `CARGO` and `CARGO_MANIFEST_DIR`), builds the extension next to
+/// lambda-sim in the same profile (a no-op when it is up to date), so the README's first command
+/// works on a fresh clone and always runs the current bridge: `cargo run --bin lambda-sim` builds
+/// only lambda-sim.
+fn build_extension_under_cargo(dir: &std::path::Path) -> Result<(), String> {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return Ok(()); // not under cargo: the caller reports the missing binary
+    };
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut command = std::process::Command::new(cargo);
+    command.current_dir(manifest_dir).args([
+        "build",
+        "--quiet",
+        "--bin",
+        "lambda-telemetry-bridge",
+    ]);
+    if release {
+        command.arg("--release");
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the extension: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building the extension failed ({status})"))
+    }
 }
 
 /// SIGINT / SIGTERM: the first asks for a graceful end, the second aborts the run, a third (should
