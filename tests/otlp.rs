@@ -243,12 +243,30 @@ fn metrics_match_what_the_platform_reported() {
             c.error_every = Some(4);
             c.timeout_every = Some(7);
             c.function_timeout_ms = 200;
+            c.logs_dropped_every = Some(3);
         })
         .await;
         let metrics: Vec<Metric> = common::otlp::metrics(&collector)
             .into_iter()
             .map(|(_, m)| m)
             .collect();
+        let dropped = report.events_of_type("platform.logsDropped");
+        assert!(
+            !dropped.is_empty(),
+            "the simulator sent platform.logsDropped"
+        );
+        let sent_total = |field: &str| -> f64 {
+            dropped
+                .iter()
+                .map(|e| e["record"][field].as_f64().unwrap_or(0.0))
+                .sum()
+        };
+        let records = last(&metrics, "aws.lambda.logs_dropped.records");
+        assert_eq!(sum_value(records), sent_total("droppedRecords"));
+        assert_eq!(records.unit, "{record}");
+        let bytes = last(&metrics, "aws.lambda.logs_dropped.bytes");
+        assert_eq!(sum_value(bytes), sent_total("droppedBytes"));
+        assert_eq!(bytes.unit, "By");
         let done = report.events_of_type("platform.runtimeDone");
         let reports = report.events_of_type("platform.report");
         let n = report.invocations.len() as f64;
