@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,16 +31,10 @@ fn start(program: &str, args: &[String]) -> Server {
     Server(child)
 }
 
-/// A blocking GET on loopback; the body, or None.
+/// A GET on loopback: the body of a 200 answer.
 fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    // HTTP/1.0: the answer is not chunked.
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
+    let (status, body) = http_blocking(port, "GET", path, b"");
+    (status == 200).then_some(body)
 }
 
 fn wait_until_up(port: u16, path: &str) {

@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
 use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
-
-/// A blocking scrape (the simulator's progress callback is synchronous).
-fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listens");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    text
-}
 
 #[test]
 fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
@@ -48,14 +31,19 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
         let into = scraped.clone();
         cfg.progress = Some(Box::new(move |inv| {
             if inv.index == 4 {
-                *into.lock().expect("lock") = scrape(port);
+                let (status, body) = http_blocking(port, "GET", "/metrics", b"");
+                *into.lock().expect("lock") = if status == 200 {
+                    body
+                } else {
+                    format!("HTTP {status}")
+                };
             }
         }));
         let report = run(cfg).await;
         assert_clean(&report);
 
         let text = scraped.lock().expect("lock").clone();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("# TYPE"), "{text}");
         assert!(
             metric_value(&text, "bridge_invocations_total").is_some_and(|v| v >= 4.0),
             "{text}"

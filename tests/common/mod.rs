@@ -157,27 +157,38 @@ pub fn last_push(gateway: &RecordingEndpoint) -> String {
     String::from_utf8(last.body.clone()).expect("text format")
 }
 
-/// A blocking HTTP/1.1 POST on loopback; returns the status code (0 if the connection failed).
-pub fn post_blocking(port: u16, body: &[u8]) -> u16 {
+/// A blocking HTTP/1.0 request on loopback (the simulator's progress callback is synchronous;
+/// HTTP/1.0 keeps the answer unchunked): the status (0 if the connection failed) and the body.
+pub fn http_blocking(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
+        return (0, String::new());
     };
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
     let head = format!(
-        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
-        return 0;
+        return (0, String::new());
     }
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    answer
+    let status = answer
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A blocking POST of `body` to `/`; the status.
+pub fn post_blocking(port: u16, body: &[u8]) -> u16 {
+    http_blocking(port, "POST", "/", body).0
 }
 
 /// Peak and current RSS (kB) of the process whose environment holds `tag`.

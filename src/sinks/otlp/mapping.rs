@@ -434,18 +434,19 @@ impl Mapper {
                 let (time, record) = typed::<ReportRecord>(raw)?;
                 self.on_report(record, time?)
             }
-            EventKind::InitStart | EventKind::RestoreStart => {
+            kind @ (EventKind::InitStart
+            | EventKind::RestoreStart
+            | EventKind::InitRuntimeDone
+            | EventKind::RestoreRuntimeDone) => {
                 let (time, record) = typed::<PhaseRecord>(raw)?;
-                let phase = self.phase(event.kind());
+                let time = Some(time?);
+                let phase = self.phase(kind);
                 phase.ids();
-                phase.start = Some(time?);
-                merge(&mut phase.record, record);
-            }
-            EventKind::InitRuntimeDone | EventKind::RestoreRuntimeDone => {
-                let (time, record) = typed::<PhaseRecord>(raw)?;
-                let phase = self.phase(event.kind());
-                phase.ids();
-                phase.runtime_done = Some(time?);
+                if matches!(kind, EventKind::InitStart | EventKind::RestoreStart) {
+                    phase.start = time;
+                } else {
+                    phase.runtime_done = time;
+                }
                 merge(&mut phase.record, record);
             }
             EventKind::InitReport | EventKind::RestoreReport => {
