@@ -864,7 +864,9 @@ impl Driver {
 
     async fn finish(mut self) -> SimReport {
         use std::os::unix::process::ExitStatusExt;
-        // Stop delivery: the destination is gone with the process.
+        // Stop delivery: the destination is gone with the process (a POST it answered just
+        // before exiting still counts).
+        self.hub.settle(Duration::from_millis(200)).await;
         self.hub.stop();
         if let Some(mut d) = self.deliverer.take() {
             d.0.abort();

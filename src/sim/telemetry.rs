@@ -243,6 +243,15 @@ impl TelemetryHub {
         self.notify.notify_one();
     }
 
+    /// Waits (at most `timeout`) for a POST in flight to be answered: the extension may answer
+    /// its last POST just before it exits, and that answer must still be counted.
+    pub async fn settle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.lock().in_flight && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Stops the delivery task at its next step.
     pub fn stop(&self) {
         self.lock().stopped = true;
