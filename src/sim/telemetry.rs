@@ -485,6 +485,9 @@ mod tests {
                 ev("platform.start", 2)
             ]
         );
+        // The endpoint records the request before its answer reaches the delivery task:
+        // wait until the hub has nothing in flight before reading its bookkeeping.
+        assert!(hub.flush(Duration::from_secs(2)).await);
         let (entries, posts) = hub.take();
         assert!(entries.iter().all(|e| e.delivered_at.is_some()));
         assert_eq!(posts.len(), 1);
