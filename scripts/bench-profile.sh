@@ -47,7 +47,7 @@ case "$tool" in
   callgrind-big|heaptrack)
     target/release/bridge-bench --runs 1 --invocations 2 --big-invocations 3 --bridge "$wrapper" || true ;;
   perf)
-    target/release/bridge-bench --runs 1 --invocations 2000 --skip-big --bridge "$wrapper" || true ;;
+    target/release/bridge-bench --runs 1 --invocations ${PERF_INVOCATIONS:-2000} --skip-big --bridge "$wrapper" || true ;;
 esac
 echo "output in $out:"
 ls -la "$out"

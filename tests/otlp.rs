@@ -283,6 +283,48 @@ fn metrics_match_what_the_platform_reported() {
             report.count_status("timeout") as f64
         );
         assert_eq!(sum_value(last(&metrics, "faas.coldstarts")), 1.0);
+        // Data points carry no attributes but faas.errors' error.type (README: Metrics).
+        for m in &metrics {
+            let keys: Vec<&str> = match &m.data {
+                Some(metric::Data::Sum(s)) => s
+                    .data_points
+                    .iter()
+                    .flat_map(|p| &p.attributes)
+                    .map(|a| a.key.as_str())
+                    .collect(),
+                Some(metric::Data::Histogram(h)) => h
+                    .data_points
+                    .iter()
+                    .flat_map(|p| &p.attributes)
+                    .map(|a| a.key.as_str())
+                    .collect(),
+                Some(metric::Data::Gauge(g)) => g
+                    .data_points
+                    .iter()
+                    .flat_map(|p| &p.attributes)
+                    .map(|a| a.key.as_str())
+                    .collect(),
+                other => panic!("{}: unexpected data {other:?}", m.name),
+            };
+            let allowed: &[&str] = if m.name == "faas.errors" {
+                &["error.type"]
+            } else {
+                &[]
+            };
+            assert!(
+                keys.iter().all(|k| allowed.contains(k)),
+                "{}: attributes {keys:?}",
+                m.name
+            );
+        }
+        let errors = last(&metrics, "faas.errors");
+        let Some(metric::Data::Sum(errors)) = &errors.data else {
+            panic!("faas.errors is a sum")
+        };
+        assert!(errors
+            .data_points
+            .iter()
+            .all(|p| attr_str(&p.attributes, "error.type").is_some()));
         let invocations = last(&metrics, "faas.invocations");
         assert_eq!(invocations.unit, "{invocation}");
 
