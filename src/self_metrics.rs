@@ -261,7 +261,7 @@ fn base64url(bytes: &[u8]) -> String {
 
 /// Pushes the self-metrics to a Pushgateway, at most once per interval (and at shutdown).
 pub struct Pusher {
-    url: reqwest::Url,
+    endpoint: crate::sinks::http::Endpoint,
     interval: std::time::Duration,
     last: Option<tokio::time::Instant>,
     client: std::sync::Arc<crate::sinks::http::LazyClient>,
@@ -289,7 +289,7 @@ impl Pusher {
             ]);
         }
         Pusher {
-            url,
+            endpoint: crate::sinks::http::Endpoint::new(url),
             interval,
             last: None,
             client,
@@ -326,7 +326,7 @@ impl Pusher {
         let result = client
             .send(
                 reqwest::Method::PUT,
-                &self.url,
+                &self.endpoint,
                 &headers,
                 METRICS.render().into(),
                 remaining,
@@ -335,10 +335,10 @@ impl Pusher {
         match result {
             Ok(answer) if answer.status.is_success() => tracing::debug!("self-metrics pushed"),
             Ok(answer) => {
-                tracing::warn!(status = answer.status.as_u16(), endpoint = %crate::config::redact_url(&self.url), "self-metrics push rejected")
+                tracing::warn!(status = answer.status.as_u16(), endpoint = %crate::config::redact_url(&self.endpoint.url), "self-metrics push rejected")
             }
             Err(error) => {
-                tracing::warn!(endpoint = %crate::config::redact_url(&self.url), error, "self-metrics push failed")
+                tracing::warn!(endpoint = %crate::config::redact_url(&self.endpoint.url), error, "self-metrics push failed")
             }
         }
     }

@@ -56,22 +56,41 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// Where requests go: the URL (reqwest's client and log lines use it) and the same target as an
+/// `http::Uri`, parsed once rather than per request (~3 k instructions each time, measured).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: reqwest::Url,
+    uri: Option<hyper::Uri>,
+}
+
+impl Endpoint {
+    pub fn new(url: reqwest::Url) -> Endpoint {
+        let uri = url.as_str().parse().ok();
+        Endpoint { url, uri }
+    }
+}
+
 impl Transport {
     /// One request, bounded by `timeout` (connect, send and the whole answer); the error is a
     /// description without the URL (which could carry credentials).
     pub async fn send(
         &self,
         method: reqwest::Method,
-        url: &reqwest::Url,
+        endpoint: &Endpoint,
         headers: &HeaderMap,
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, String> {
         match self {
             Transport::Plain(client) => {
-                let mut request = hyper::Request::builder()
-                    .method(method)
-                    .uri(url.as_str())
+                let builder = hyper::Request::builder().method(method);
+                let builder = match &endpoint.uri {
+                    Some(uri) => builder.uri(uri.clone()),
+                    // Not a valid URI: the builder reports it below.
+                    None => builder.uri(endpoint.url.as_str()),
+                };
+                let mut request = builder
                     .body(Full::new(body))
                     .map_err(|e| format!("request failed: {e}"))?;
                 *request.headers_mut() = headers.clone();
@@ -102,7 +121,7 @@ impl Transport {
             }
             Transport::Tls(client) => {
                 let response = client
-                    .request(method, url.clone())
+                    .request(method, endpoint.url.clone())
                     .headers(headers.clone())
                     .timeout(timeout)
                     .body(body)
@@ -246,7 +265,7 @@ pub struct Delivered {
 /// and at most `attempt_timeout` per attempt.
 pub async fn post_with_retry(
     client: &Transport,
-    url: &reqwest::Url,
+    endpoint: &Endpoint,
     headers: &HeaderMap,
     body: Bytes,
     deadline: Instant,
@@ -267,7 +286,7 @@ pub async fn post_with_retry(
         match client
             .send(
                 reqwest::Method::POST,
-                url,
+                endpoint,
                 headers,
                 body.clone(),
                 remaining.min(attempt_timeout),

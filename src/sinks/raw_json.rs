@@ -11,14 +11,14 @@ use crate::event::Event;
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
 use crate::self_metrics::METRICS;
 use crate::sinks::http::{
-    header_map, post_with_retry, Delivered, HttpError, LazyClient, PostError,
+    header_map, post_with_retry, Delivered, Endpoint, HttpError, LazyClient, PostError,
 };
 
 /// Upper bound of one POST body; larger backlogs go in several POSTs.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct RawJsonSink {
-    url: reqwest::Url,
+    endpoint: Endpoint,
     shown_url: String,
     headers: HeaderMap,
     min_batch_size: usize,
@@ -30,7 +30,7 @@ const SINK: &str = "raw_json";
 impl RawJsonSink {
     pub fn new(config: &DispatchConfig, client: Arc<LazyClient>) -> Result<RawJsonSink, HttpError> {
         Ok(RawJsonSink {
-            url: config.uri.clone(),
+            endpoint: Endpoint::new(config.uri.clone()),
             shown_url: redact_url(&config.uri),
             headers: {
                 let mut headers = header_map(&config.headers, "BRIDGE_DISPATCH_HEADERS")?;
@@ -65,7 +65,7 @@ impl RawJsonSink {
             let size = body.len();
             match post_with_retry(
                 client,
-                &self.url,
+                &self.endpoint,
                 &self.headers,
                 body,
                 ctx.deadline,

@@ -16,7 +16,7 @@ use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use tokio::time::Instant;
 
 use crate::self_metrics::METRICS;
-use crate::sinks::http::{post_with_retry, LazyClient, PostError};
+use crate::sinks::http::{post_with_retry, Endpoint, LazyClient, PostError};
 
 /// How the last export attempt ended, as far as the transport knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum Outcome {
 pub struct DeadlineClient {
     http: Arc<LazyClient>,
     /// The signal's endpoint, parsed once (the exporter's request carries the same URI).
-    endpoint: reqwest::Url,
+    endpoint: Endpoint,
     attempt_timeout: Duration,
     /// The self-metrics `sink` label.
     sink: &'static str,
@@ -46,7 +46,7 @@ impl DeadlineClient {
     ) -> Arc<DeadlineClient> {
         Arc::new(DeadlineClient {
             http,
-            endpoint: signal.endpoint.clone(),
+            endpoint: Endpoint::new(signal.endpoint.clone()),
             attempt_timeout: signal.timeout,
             sink,
             deadline: Mutex::new(Instant::now()),
