@@ -313,12 +313,24 @@ impl Bridge {
             // timeout beyond it for its delivery.
             let wait_until = instant_at_epoch_ms(deadline_ms).unwrap_or_else(Instant::now)
                 + self.config.flush_timeout;
-            let arrived = tokio::time::timeout_at(
-                wait_until,
-                self.progress.wait_for(|p| p.runtime_done(&request_id)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
+            let arrived = loop {
+                // Wait in steps of at most the flush timeout. The step's timer is then never
+                // later than the flush's own deadline timers (one per sink and per request), and
+                // tokio only interrupts its driver (an eventfd write and one more epoll_wait) for
+                // a new timer earlier than the one it parked on: 6 system calls less per
+                // invocation (measured in BENCHMARKS.md). A step ending early costs one wake-up.
+                let step_end = wait_until.min(Instant::now() + self.config.flush_timeout);
+                match tokio::time::timeout_at(
+                    step_end,
+                    self.progress.wait_for(|p| p.runtime_done(&request_id)),
+                )
+                .await
+                {
+                    Ok(result) => break result.is_ok(),
+                    Err(_) if step_end >= wait_until => break false,
+                    Err(_) => {}
+                }
+            };
             if !arrived {
                 tracing::warn!(
                     request_id,

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint, SimReport};
 
 #[test]
 fn registers_subscribes_and_delivers_every_event_once_unchanged_in_order() {
@@ -67,7 +67,38 @@ fn an_invocations_events_leave_before_the_next_event_next() {
             .await
             .expect("sink");
         let report = run(config(8, &[("DISPATCH_POST_URI", sink.url())])).await;
-        assert_clean(&report);
+        assert_runtime_done_left_before_next(&report, &sink);
+    });
+}
+
+#[test]
+fn invocations_longer_than_the_flush_timeout_are_still_waited_for() {
+    // The bridge waits for runtimeDone in steps of the flush timeout (app.rs); a function that
+    // runs for several steps must still have its telemetry out before the next /event/next.
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = config(
+            3,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", "100".into()),
+            ],
+        );
+        cfg.invoke_duration_ms = 600; // ± 50 %: 300–900 ms, at least 3 flush timeouts
+        let report = run(cfg).await;
+        for invocation in &report.invocations {
+            assert!(invocation.runtime_duration >= Duration::from_millis(250));
+        }
+        assert_runtime_done_left_before_next(&report, &sink);
+    });
+}
+
+fn assert_runtime_done_left_before_next(report: &SimReport, sink: &RecordingEndpoint) {
+    {
+        assert_clean(report);
+        assert!(!report.invocations.is_empty());
         let requests = sink.requests();
         for invocation in &report.invocations {
             let next = invocation.next_called_at.expect("next called");
@@ -88,7 +119,7 @@ fn an_invocations_events_leave_before_the_next_event_next() {
                 invocation.index
             );
         }
-    });
+    }
 }
 
 #[test]
