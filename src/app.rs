@@ -25,6 +25,8 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
 const FALLBACK_SHUTDOWN_BUDGET: Duration = Duration::from_millis(500);
 /// Shutdown flush rounds: the first sends everything; later ones retry what a sink left.
 const SHUTDOWN_FLUSH_ROUNDS: usize = 3;
+/// The runtimeDone wait wakes up at most this often (see `on_invoke`).
+const MIN_WAIT_STEP: Duration = Duration::from_millis(250);
 
 /// Converts an epoch-milliseconds deadline to a monotonic instant, computed now (so a deadline
 /// received after a thaw is measured from the thaw, never from a timer armed before the freeze).
@@ -314,12 +316,14 @@ impl Bridge {
             let wait_until = instant_at_epoch_ms(deadline_ms).unwrap_or_else(Instant::now)
                 + self.config.flush_timeout;
             let arrived = loop {
-                // Wait in steps of at most the flush timeout. The step's timer is then never
-                // later than the flush's own deadline timers (one per sink and per request), and
-                // tokio only interrupts its driver (an eventfd write and one more epoll_wait) for
-                // a new timer earlier than the one it parked on: 6 system calls less per
-                // invocation (measured in BENCHMARKS.md). A step ending early costs one wake-up.
-                let step_end = wait_until.min(Instant::now() + self.config.flush_timeout);
+                // Wait in steps of the flush timeout (at least MIN_WAIT_STEP, so that a tiny flush
+                // timeout cannot turn the wait into polling beside the running function). The
+                // step's timer is then no later than the flush's own deadline timers (one per sink
+                // and per request), and tokio interrupts its driver (an eventfd write and one more
+                // epoll_wait) only for a new timer earlier than the one it parked on: ~5 system
+                // calls less per invocation (BENCHMARKS.md). A step ending early costs one wake-up.
+                let step = self.config.flush_timeout.max(MIN_WAIT_STEP);
+                let step_end = wait_until.min(Instant::now() + step);
                 match tokio::time::timeout_at(
                     step_end,
                     self.progress.wait_for(|p| p.runtime_done(&request_id)),

@@ -73,8 +73,9 @@ fn an_invocations_events_leave_before_the_next_event_next() {
 
 #[test]
 fn invocations_longer_than_the_flush_timeout_are_still_waited_for() {
-    // The bridge waits for runtimeDone in steps of the flush timeout (app.rs); a function that
-    // runs for several steps must still have its telemetry out before the next /event/next.
+    // The bridge waits for runtimeDone in steps (the flush timeout, at least 250 ms: app.rs); a
+    // function that runs for several steps (300–900 ms here) must still have its telemetry out
+    // before the next /event/next.
     block_on(async {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
