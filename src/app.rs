@@ -315,14 +315,14 @@ impl Bridge {
             // timeout beyond it for its delivery.
             let wait_until = instant_at_epoch_ms(deadline_ms).unwrap_or_else(Instant::now)
                 + self.config.flush_timeout;
+            // Wait in steps of the flush timeout (at least MIN_WAIT_STEP, so that a tiny flush
+            // timeout cannot turn the wait into polling beside the running function). The step's
+            // timer is then no later than the flush's own deadline timers (one per sink and per
+            // request), and tokio interrupts its driver (an eventfd write and one more
+            // epoll_wait) only for a new timer earlier than the one it parked on: ~5 system calls
+            // less per invocation (BENCHMARKS.md). A step ending early costs one wake-up.
+            let step = self.config.flush_timeout.max(MIN_WAIT_STEP);
             let arrived = loop {
-                // Wait in steps of the flush timeout (at least MIN_WAIT_STEP, so that a tiny flush
-                // timeout cannot turn the wait into polling beside the running function). The
-                // step's timer is then no later than the flush's own deadline timers (one per sink
-                // and per request), and tokio interrupts its driver (an eventfd write and one more
-                // epoll_wait) only for a new timer earlier than the one it parked on: ~5 system
-                // calls less per invocation (BENCHMARKS.md). A step ending early costs one wake-up.
-                let step = self.config.flush_timeout.max(MIN_WAIT_STEP);
                 let step_end = wait_until.min(Instant::now() + step);
                 match tokio::time::timeout_at(
                     step_end,

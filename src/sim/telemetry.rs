@@ -219,16 +219,34 @@ impl TelemetryHub {
     /// Returns whether the buffer was drained.
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.force_flush();
+        self.wait_until(timeout, |inner| {
+            if inner.sub.is_none() {
+                Some(false)
+            } else {
+                (inner.queue.is_empty() && !inner.in_flight).then_some(true)
+            }
+        })
+        .await
+    }
+
+    /// Waits (at most `timeout`) for a POST in flight to be answered: the extension may answer
+    /// its last POST just before it exits, and that answer must still be counted. Returns
+    /// whether nothing is in flight any more.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |inner| (!inner.in_flight).then_some(true))
+            .await
+    }
+
+    /// Polls the state until `verdict` gives one, or `timeout` (false).
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        verdict: impl Fn(&Inner) -> Option<bool>,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            {
-                let inner = self.lock();
-                if inner.sub.is_none() {
-                    return false;
-                }
-                if inner.queue.is_empty() && !inner.in_flight {
-                    return true;
-                }
+            if let Some(result) = verdict(&self.lock()) {
+                return result;
             }
             if Instant::now() >= deadline {
                 return false;
@@ -241,15 +259,6 @@ impl TelemetryHub {
     pub fn set_paused(&self, paused: bool) {
         self.lock().paused = paused;
         self.notify.notify_one();
-    }
-
-    /// Waits (at most `timeout`) for a POST in flight to be answered: the extension may answer
-    /// its last POST just before it exits, and that answer must still be counted.
-    pub async fn settle(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.lock().in_flight && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
 
     /// Stops the delivery task at its next step.
@@ -487,7 +496,7 @@ mod tests {
         );
         // The endpoint records the request before its answer reaches the delivery task:
         // wait until the hub has nothing in flight before reading its bookkeeping.
-        assert!(hub.flush(Duration::from_secs(2)).await);
+        assert!(hub.settle(Duration::from_secs(2)).await);
         let (entries, posts) = hub.take();
         assert!(entries.iter().all(|e| e.delivered_at.is_some()));
         assert_eq!(posts.len(), 1);

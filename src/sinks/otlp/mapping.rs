@@ -19,7 +19,6 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::xray;
 use crate::config::Pricing;
@@ -478,8 +477,9 @@ impl Mapper {
                     .logs_dropped_bytes
                     .add(record.dropped_bytes.unwrap_or(0), NO_ATTRIBUTES);
             }
-            EventKind::FunctionLog | EventKind::ExtensionLog => {
-                let (time, record) = typed::<&RawValue>(raw)?;
+            // With logs export off there is nothing to build, so nothing is parsed.
+            EventKind::FunctionLog | EventKind::ExtensionLog if self.logger.is_some() => {
+                let (time, record) = typed::<serde_json::Value>(raw)?;
                 self.on_log(event.kind(), record, time)
             }
             _ => {}
@@ -895,16 +895,16 @@ impl Mapper {
         });
     }
 
-    fn on_log(&mut self, kind: EventKind, record: &RawValue, time: Option<SystemTime>) {
+    fn on_log(&mut self, kind: EventKind, record: serde_json::Value, time: Option<SystemTime>) {
         let Some(logger) = &self.logger else {
             return;
         };
         let mut log = logger.create_log_record();
         let mut timestamp = time;
         let mut request_id = None;
-        match serde_json::from_str::<serde_json::Value>(record.get()) {
-            Ok(serde_json::Value::String(text)) => log.set_body(AnyValue::from(text)),
-            Ok(serde_json::Value::Object(fields)) => {
+        match record {
+            serde_json::Value::String(text) => log.set_body(AnyValue::from(text)),
+            serde_json::Value::Object(fields) => {
                 let mut body = None;
                 for (key, value) in fields {
                     match (key.as_str(), value) {
@@ -930,8 +930,7 @@ impl Mapper {
                 }
                 log.set_body(AnyValue::from(body.unwrap_or_default()));
             }
-            Ok(other) => log.set_body(AnyValue::from(other.to_string())),
-            Err(_) => return,
+            other => log.set_body(AnyValue::from(other.to_string())),
         }
         if let Some(t) = timestamp {
             log.set_timestamp(t);
