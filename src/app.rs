@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{redact_url, Config, ConfigIssue, FlushPolicy, TelemetryType};
+use crate::config::{redact_url, Config, ConfigIssue, FlushPolicy, TelemetryType, SANDBOX_HOST};
 use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
@@ -77,18 +77,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         tracing::error!("configuration: {issue}");
     }
     if config.strict && !issues.is_empty() {
-        let message = issues
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if let Err(e) = api
-            .report_error(ErrorPhase::Init, "InvalidConfiguration", &message)
-            .await
-        {
-            tracing::error!(error = %e, "could not report the init error");
-        }
-        return ExitCode::from(1);
+        return fail_init(&api, &issues).await;
     }
 
     // One HTTP client (one connection pool, TLS roots loaded at most once) for every output.
@@ -102,7 +91,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
                 .flatten()
                 .map(|s| &s.endpoint)
         }))
-        .chain(config.pushgateway.iter());
+        .chain(config.pushgateway.iter().map(|p| &p.url));
     let http = Arc::new(LazyClient::for_urls(outbound));
 
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
@@ -168,15 +157,25 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
             }
         }
     }
-    let pusher = config.pushgateway.as_ref().map(|url| {
+    let pusher = config.pushgateway.as_ref().map(|gateway| {
         let instance = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
             .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
-        Pusher::new(url, &instance, config.push_interval, http.clone())
+        Pusher::new(gateway, &instance, config.push_interval, http.clone())
     });
 
     let (progress_tx, progress_rx) = progress::channel();
-    let (listener, telemetry_live) =
-        start_telemetry(&config, &api, pipeline.clone(), progress_tx).await;
+    let mut listen_issues = Vec::new();
+    let (listener, telemetry_live) = start_telemetry(
+        &config,
+        &api,
+        pipeline.clone(),
+        progress_tx,
+        &mut listen_issues,
+    )
+    .await;
+    if config.strict && !listen_issues.is_empty() {
+        return fail_init(&api, &listen_issues).await;
+    }
 
     let mut bridge = Bridge {
         config,
@@ -193,6 +192,22 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
     bridge.event_loop().await
 }
 
+/// `BRIDGE_STRICT=true` and a setting was invalid: an init error reported to Lambda, exit 1.
+async fn fail_init(api: &ExtensionsApi, issues: &[ConfigIssue]) -> ExitCode {
+    let message = issues
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Err(e) = api
+        .report_error(ErrorPhase::Init, "InvalidConfiguration", &message)
+        .await
+    {
+        tracing::error!(error = %e, "could not report the init error");
+    }
+    ExitCode::from(1)
+}
+
 /// Binds the listener and subscribes; returns the listener and whether telemetry will arrive.
 /// Failure here degrades the bridge (no telemetry) but never fails the function's init.
 async fn start_telemetry(
@@ -200,23 +215,19 @@ async fn start_telemetry(
     api: &ExtensionsApi,
     pipeline: Arc<Pipeline>,
     progress_tx: watch::Sender<Progress>,
+    issues: &mut Vec<ConfigIssue>,
 ) -> (Option<listener::Listener>, bool) {
-    let listener = match listener::start(
-        &config.listener_host,
-        config.listener_port,
-        &config.buffering,
-        pipeline,
-        progress_tx,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "telemetry disabled");
-            return (None, false);
-        }
+    let Some(bound) = bind_listener(config, issues).await else {
+        return (None, false);
     };
-    let body = subscription::subscription_body(config, listener.local_addr.port());
+    // Lambda reaches a listener on a fallback host by the sandbox's name.
+    let destination = if bound.host == config.listener_host {
+        config.destination_host.as_str()
+    } else {
+        SANDBOX_HOST
+    };
+    let body = subscription::subscription_body(config, destination, bound.local_addr.port());
+    let listener = listener::start(bound, &config.buffering, pipeline, progress_tx);
     let live = match api.subscribe_telemetry(body).await {
         Ok(status) => {
             tracing::info!(
@@ -237,6 +248,47 @@ async fn start_telemetry(
         }
     };
     (Some(listener), live)
+}
+
+/// Binds the configured host and port; a port that is taken or a host that cannot be bound is an
+/// issue naming its variable (an init error under `BRIDGE_STRICT`), and the listener falls back
+/// to an ephemeral port, then to the default host, so telemetry still flows.
+async fn bind_listener(
+    config: &Config,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<listener::BoundSocket> {
+    let mut host = config.listener_host.clone();
+    let mut port = config.listener_port;
+    loop {
+        let error = match listener::bind(&host, port).await {
+            Ok(socket) => return Some(socket),
+            Err(e) => e,
+        };
+        let issue = if port != 0 {
+            let issue = ConfigIssue {
+                variable: "BRIDGE_LISTENER_PORT".into(),
+                value: port.to_string(),
+                allowed: format!("a port free on {host} ({error})"),
+                consequence: "listening on an ephemeral port".into(),
+            };
+            port = 0;
+            issue
+        } else if host != config.default_listener_host {
+            let issue = ConfigIssue {
+                variable: "BRIDGE_LISTENER_ADDR".into(),
+                value: host.clone(),
+                allowed: format!("an address of this host ({error})"),
+                consequence: format!("listening on {}", config.default_listener_host),
+            };
+            host = config.default_listener_host.clone();
+            issue
+        } else {
+            tracing::error!(error = %error, "telemetry disabled");
+            return None;
+        };
+        tracing::error!("configuration: {issue}");
+        issues.push(issue);
+    }
 }
 
 impl Bridge {

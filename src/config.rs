@@ -83,6 +83,63 @@ pub fn redact_url(url: &reqwest::Url) -> String {
     shown
 }
 
+/// A URL as written in a variable, safe to show in an error line: credentials (`user:pass@`)
+/// and the query are replaced by `<redacted>`. Works on text that is not a valid URL too (the
+/// case where it is shown), erring on the side of hiding.
+pub fn redact_url_text(raw: &str) -> String {
+    let raw = raw.trim();
+    let (head, query) = match raw.find(['?', '#']) {
+        Some(i) => (&raw[..i], true),
+        None => (raw, false),
+    };
+    let authority_start = head.find("://").map_or(0, |i| i + 3);
+    let mut shown = match head.rfind('@') {
+        Some(at) if at >= authority_start => {
+            format!("{}<redacted>@{}", &head[..authority_start], &head[at + 1..])
+        }
+        _ => head.to_string(),
+    };
+    if query {
+        shown.push_str("?<redacted>");
+    }
+    shown
+}
+
+/// An endpoint from a variable: an absolute http(s) URL with a host. Credentials written into it
+/// (`http://user:pass@host/`) are taken out of the URL, so that it never carries them into a log
+/// line or a connection pool's key, and returned as the value of an HTTP Basic `Authorization`
+/// header, which is what a user who wrote them expects to be sent.
+fn endpoint_url(raw: &str) -> Option<(reqwest::Url, Option<String>)> {
+    let mut url = reqwest::Url::parse(raw.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return None;
+    }
+    let authorization = if url.username().is_empty() && url.password().is_none() {
+        None
+    } else {
+        use base64::Engine as _;
+        let user = percent_decode(url.username())?;
+        let password = percent_decode(url.password().unwrap_or(""))?;
+        url.set_username("").ok()?;
+        url.set_password(None).ok()?;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Some(format!("Basic {token}"))
+    };
+    Some((url, authorization))
+}
+
+/// Adds the Basic authorization taken from an endpoint's URL, unless a header already sets it.
+fn add_authorization(headers: &mut Vec<(String, String)>, authorization: Option<String>) {
+    if let Some(value) = authorization {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            headers.push(("Authorization".into(), value));
+        }
+    }
+}
+
 /// Which Telemetry API streams to subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TelemetryType {
@@ -113,6 +170,8 @@ pub struct Config {
     pub destination_host: String,
     /// 0 = an ephemeral port.
     pub listener_port: u16,
+    /// What the listener falls back to when the configured host cannot be bound.
+    pub default_listener_host: String,
     pub dispatch: Option<DispatchConfig>,
     pub flush_policy: FlushPolicy,
     pub flush_timeout: Duration,
@@ -126,8 +185,28 @@ pub struct Config {
     /// `BRIDGE_METRICS_ADDR`: serve the self-metrics at `/metrics` here (off by default).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// `BRIDGE_PUSHGATEWAY_URL`: push the self-metrics here.
-    pub pushgateway: Option<reqwest::Url>,
+    pub pushgateway: Option<Pushgateway>,
     pub push_interval: Duration,
+}
+
+/// Where the self-metrics are pushed; credentials from the URL become `authorization`.
+#[derive(Clone)]
+pub struct Pushgateway {
+    pub url: reqwest::Url,
+    /// Secret: never logged.
+    pub authorization: Option<String>,
+}
+
+impl fmt::Debug for Pushgateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pushgateway")
+            .field("url", &redact_url(&self.url))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// OTLP wire format.
@@ -237,7 +316,8 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// largest POSTs Lambda sends (maxItems ≤ 10,000).
 pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 20_000;
 pub const DEFAULT_QUEUE_MAX_BYTES: usize = 8 * 1024 * 1024;
-const SANDBOX_HOST: &str = "sandbox.localdomain";
+/// The name Lambda resolves to the sandbox (where the listener binds and Lambda sends to).
+pub const SANDBOX_HOST: &str = "sandbox.localdomain";
 
 impl Config {
     /// Reads the process environment.
@@ -303,7 +383,21 @@ impl Config {
         };
 
         let sam_local = get("AWS_SAM_LOCAL").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let (listener_host, destination_host) = match get("BRIDGE_LISTENER_ADDR") {
+        let default_listener_host = if sam_local { "0.0.0.0" } else { SANDBOX_HOST };
+        let configured_host = get("BRIDGE_LISTENER_ADDR").and_then(|raw| {
+            let host = raw.trim();
+            if valid_host(host) {
+                return Some(host.to_string());
+            }
+            issues.push(ConfigIssue {
+                variable: "BRIDGE_LISTENER_ADDR".into(),
+                value: raw.clone(),
+                allowed: "an IP address or a host name".into(),
+                consequence: format!("listening on {default_listener_host}"),
+            });
+            None
+        });
+        let (listener_host, destination_host) = match configured_host {
             Some(host) => {
                 let destination = if host == "0.0.0.0" || host == "::" {
                     SANDBOX_HOST.to_string()
@@ -385,7 +479,19 @@ impl Config {
                 }
             },
         };
-        let log_filter = get("BRIDGE_LOG").unwrap_or_else(|| "info".to_string());
+        let log_filter = match get("BRIDGE_LOG") {
+            None => "info".to_string(),
+            Some(raw) if valid_log_filter(&raw) => raw.trim().to_string(),
+            Some(raw) => {
+                issues.push(ConfigIssue {
+                    variable: "BRIDGE_LOG".into(),
+                    value: raw,
+                    allowed: "a level (off, error, warn, info, debug, trace) or a comma-separated target=level list".into(),
+                    consequence: "logging at info".into(),
+                });
+                "info".to_string()
+            }
+        };
         let otlp = parse_otlp(&get, &mut issues);
         let metrics_addr = get("BRIDGE_METRICS_ADDR").and_then(|raw| {
             match raw.trim().parse::<std::net::SocketAddr>() {
@@ -401,21 +507,18 @@ impl Config {
                 }
             }
         });
-        let pushgateway =
-            get("BRIDGE_PUSHGATEWAY_URL").and_then(|raw| match reqwest::Url::parse(raw.trim()) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
-                    Some(u)
-                }
-                _ => {
-                    issues.push(ConfigIssue {
-                        variable: "BRIDGE_PUSHGATEWAY_URL".into(),
-                        value: raw,
-                        allowed: "an absolute http:// or https:// URL".into(),
-                        consequence: "pushing self-metrics is disabled".into(),
-                    });
-                    None
-                }
-            });
+        let pushgateway = get("BRIDGE_PUSHGATEWAY_URL").and_then(|raw| match endpoint_url(&raw) {
+            Some((url, authorization)) => Some(Pushgateway { url, authorization }),
+            None => {
+                issues.push(ConfigIssue {
+                    variable: "BRIDGE_PUSHGATEWAY_URL".into(),
+                    value: redact_url_text(&raw),
+                    allowed: "an absolute http:// or https:// URL".into(),
+                    consequence: "pushing self-metrics is disabled".into(),
+                });
+                None
+            }
+        });
         let push_interval = Duration::from_millis(u64::from(ranged(
             &get,
             &mut issues,
@@ -424,11 +527,26 @@ impl Config {
             86_400_000,
             60_000,
         )));
-        let mut pricing = Pricing::for_arch(
-            get("BRIDGE_ARCHITECTURE")
-                .as_deref()
-                .unwrap_or(std::env::consts::ARCH),
-        );
+        let architecture = match get("BRIDGE_ARCHITECTURE") {
+            None => std::env::consts::ARCH.to_string(),
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "x86_64" | "amd64" => "x86_64".to_string(),
+                "arm64" | "aarch64" => "arm64".to_string(),
+                _ => {
+                    issues.push(ConfigIssue {
+                        variable: "BRIDGE_ARCHITECTURE".into(),
+                        value: raw,
+                        allowed: "x86_64 or arm64".into(),
+                        consequence: format!(
+                            "pricing as this build's architecture ({})",
+                            std::env::consts::ARCH
+                        ),
+                    });
+                    std::env::consts::ARCH.to_string()
+                }
+            },
+        };
+        let mut pricing = Pricing::for_arch(&architecture);
         pricing.per_gb_second = price(
             &get,
             &mut issues,
@@ -442,6 +560,7 @@ impl Config {
             pricing.per_request,
         );
 
+        let issues = merge_issues(issues);
         Ok((
             Config {
                 runtime_api,
@@ -450,6 +569,7 @@ impl Config {
                 listener_host,
                 destination_host,
                 listener_port,
+                default_listener_host: default_listener_host.to_string(),
                 dispatch,
                 flush_policy,
                 flush_timeout,
@@ -501,10 +621,32 @@ fn parse_otlp(
     get: &impl Fn(&str) -> Option<String>,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<OtlpConfig> {
-    if get("OTEL_SDK_DISABLED").is_some_and(|v| parse_bool(&v) == Some(true)) {
-        return None;
+    if let Some(raw) = get("OTEL_SDK_DISABLED") {
+        match parse_bool(&raw) {
+            Some(true) => return None,
+            Some(false) => {}
+            None => issues.push(ConfigIssue {
+                variable: "OTEL_SDK_DISABLED".into(),
+                value: raw,
+                allowed: "true or false".into(),
+                consequence: "taken as false (OTLP output stays on)".into(),
+            }),
+        }
     }
-    let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+    // The base is checked once (a signal's path is appended to it, which would turn `http://`
+    // into the valid-looking `http:///v1/traces`, host `v1`).
+    let base = get("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|raw| {
+        if endpoint_url(&raw).is_some() {
+            return Some(raw);
+        }
+        issues.push(ConfigIssue {
+            variable: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            value: redact_url_text(&raw),
+            allowed: "an absolute http:// or https:// URL".into(),
+            consequence: "OTLP output is off for every signal without its own endpoint".into(),
+        });
+        None
+    });
     let temporality = match get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
         None => Temporality::Cumulative,
         Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
@@ -615,12 +757,12 @@ fn signal(
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint)
         }
     };
-    let endpoint = match reqwest::Url::parse(&raw_endpoint) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
-        _ => {
+    let (endpoint, authorization) = match endpoint_url(&raw_endpoint) {
+        Some(parsed) => parsed,
+        None => {
             issues.push(ConfigIssue {
                 variable: endpoint_var,
-                value: raw_endpoint,
+                value: redact_url_text(&raw_endpoint),
                 allowed: "an absolute http:// or https:// URL".into(),
                 consequence: format!("OTLP {path} are disabled"),
             });
@@ -652,6 +794,7 @@ fn signal(
             }
         }
     }
+    add_authorization(&mut headers, authorization);
     let gzip = match pick("COMPRESSION") {
         None => false,
         Some((name, raw)) => match raw.trim().to_ascii_lowercase().as_str() {
@@ -728,6 +871,72 @@ pub(crate) fn parse_bool(raw: &str) -> Option<bool> {
     }
 }
 
+/// One line per bad value: a general `OTEL_EXPORTER_OTLP_*` variable is read once per signal,
+/// so its issue would otherwise be reported three times.
+fn merge_issues(issues: Vec<ConfigIssue>) -> Vec<ConfigIssue> {
+    let mut merged: Vec<ConfigIssue> = Vec::with_capacity(issues.len());
+    for issue in issues {
+        match merged
+            .iter_mut()
+            .find(|m| m.variable == issue.variable && m.value == issue.value)
+        {
+            Some(m) if m.consequence.contains(&issue.consequence) => {}
+            Some(m) => {
+                m.consequence.push_str("; ");
+                m.consequence.push_str(&issue.consequence);
+            }
+            None => merged.push(issue),
+        }
+    }
+    merged
+}
+
+/// `BRIDGE_LOG`: a level, or `target=level` directives, as tracing's `Targets` takes them, but
+/// strictly: its parser takes a misspelt level (`warning`) for a target name and then turns
+/// every line off, ERRORs included.
+fn valid_log_filter(raw: &str) -> bool {
+    let level = |l: &str| {
+        matches!(
+            l.trim().to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn" | "info" | "debug" | "trace"
+        )
+    };
+    let target = |t: &str| {
+        let t = t.trim();
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b))
+    };
+    let mut directives = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .peekable();
+    directives.peek().is_some()
+        && directives.all(|d| match d.split_once('=') {
+            Some((t, l)) => target(t) && level(l),
+            None => level(d),
+        })
+}
+
+/// An IP address or a DNS name (letters, digits, hyphens, dot-separated labels).
+fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 fn ranged(
     get: &impl Fn(&str) -> Option<String>,
     issues: &mut Vec<ConfigIssue>,
@@ -758,12 +967,12 @@ fn parse_dispatch(
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<DispatchConfig> {
     let raw_uri = get("DISPATCH_POST_URI")?;
-    let uri = match reqwest::Url::parse(raw_uri.trim()) {
-        Ok(uri) if matches!(uri.scheme(), "http" | "https") && uri.host_str().is_some() => uri,
-        _ => {
+    let (uri, authorization) = match endpoint_url(&raw_uri) {
+        Some(parsed) => parsed,
+        None => {
             issues.push(ConfigIssue {
                 variable: "DISPATCH_POST_URI".into(),
-                value: raw_uri,
+                value: redact_url_text(&raw_uri),
                 allowed: "an absolute http:// or https:// URL".into(),
                 consequence: "the raw JSON sink is disabled".into(),
             });
@@ -785,7 +994,7 @@ fn parse_dispatch(
             }
         },
     };
-    let headers = match get("BRIDGE_DISPATCH_HEADERS") {
+    let mut headers = match get("BRIDGE_DISPATCH_HEADERS") {
         None => Vec::new(),
         Some(raw) => match parse_headers(&raw) {
             Some(h) => h,
@@ -802,6 +1011,7 @@ fn parse_dispatch(
             }
         },
     };
+    add_authorization(&mut headers, authorization);
     Some(DispatchConfig {
         uri,
         min_batch_size,
@@ -931,8 +1141,17 @@ mod tests {
             dispatch.headers,
             vec![
                 ("x-api-key".to_string(), "top secret".to_string()),
-                ("other".to_string(), "1".to_string())
+                ("other".to_string(), "1".to_string()),
+                // user:pw, taken out of the URL and sent as Basic authorization.
+                (
+                    "Authorization".to_string(),
+                    "Basic dXNlcjpwdw==".to_string()
+                ),
             ]
+        );
+        assert_eq!(
+            dispatch.uri.as_str(),
+            "https://example.com/ingest?key=s3cret"
         );
         let shown = format!("{dispatch:?}");
         assert!(
@@ -1001,7 +1220,126 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]);
         assert!(cfg.otlp.is_none());
-        assert_eq!(issues.len(), 3, "one per signal: {issues:?}");
+        assert_eq!(
+            issues.len(),
+            1,
+            "one line for the one bad value: {issues:?}"
+        );
+        assert!(issues[0].consequence.contains("traces"));
+        assert!(issues[0].consequence.contains("logs"));
+    }
+
+    #[test]
+    fn credentials_in_urls_never_reach_an_issue_and_become_basic_auth() {
+        for variable in [
+            "DISPATCH_POST_URI",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "BRIDGE_PUSHGATEWAY_URL",
+        ] {
+            for raw in [
+                "ftp://user:PASSWORD@collector:4318/",
+                "http://user:PASSWORD@",
+                "user:PASSWORD@host",
+                "http://coll ector:4318/?token=PASSWORD",
+            ] {
+                let (_, issues) = load(&[(variable, raw)]);
+                assert_eq!(issues.len(), 1, "{variable}={raw}: {issues:?}");
+                let line = issues[0].to_string();
+                assert!(!line.contains("PASSWORD"), "{line}");
+                assert!(line.contains(variable), "{line}");
+            }
+        }
+        let (cfg, issues) = load(&[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://u%40x:p%3Aw@collector:4318",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+                "authorization=Bearer%20t",
+            ),
+            ("BRIDGE_PUSHGATEWAY_URL", "http://a:b@gateway:9091"),
+        ]);
+        assert!(issues.is_empty(), "{issues:?}");
+        let otlp = cfg.otlp.expect("otlp on");
+        let traces = otlp.traces.expect("traces");
+        assert_eq!(traces.endpoint.as_str(), "http://collector:4318/v1/traces");
+        // "u@x:p:w", percent-decoded, in base64.
+        assert_eq!(
+            traces.headers,
+            vec![(
+                "Authorization".to_string(),
+                "Basic dUB4OnA6dw==".to_string()
+            )]
+        );
+        // An explicit header wins over the URL's credentials.
+        let logs = otlp.logs.expect("logs");
+        assert_eq!(
+            logs.headers,
+            vec![("authorization".to_string(), "Bearer t".to_string())]
+        );
+        let gateway = cfg.pushgateway.expect("gateway");
+        assert_eq!(gateway.url.as_str(), "http://gateway:9091/");
+        assert_eq!(gateway.authorization.as_deref(), Some("Basic YTpi"));
+        assert!(!format!("{gateway:?}").contains("YTpi"));
+    }
+
+    #[test]
+    fn values_that_used_to_pass_silently_are_issues() {
+        let cases: &[(&str, &str)] = &[
+            ("BRIDGE_LOG", "warning"),
+            ("BRIDGE_LOG", "verbose"),
+            ("BRIDGE_LOG", "garbage["),
+            ("BRIDGE_LOG", "999"),
+            ("BRIDGE_LOG", "hyper=loud"),
+            ("BRIDGE_LISTENER_ADDR", "not a host!"),
+            ("BRIDGE_LISTENER_ADDR", "-bad.example"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+            ("BRIDGE_ARCHITECTURE", "mips"),
+            ("OTEL_SDK_DISABLED", "maybe"),
+        ];
+        for (variable, value) in cases {
+            let (cfg, issues) = load(&[
+                (variable, value),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://collector/v1/traces",
+                ),
+            ]);
+            assert_eq!(issues.len(), 1, "{variable}={value}: {issues:?}");
+            assert_eq!(issues[0].variable, *variable);
+            match *variable {
+                "BRIDGE_LOG" => assert_eq!(cfg.log_filter, "info"),
+                "BRIDGE_LISTENER_ADDR" => assert_eq!(cfg.listener_host, SANDBOX_HOST),
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => {
+                    let otlp = cfg.otlp.expect("traces keep their own endpoint");
+                    assert!(otlp.metrics.is_none() && otlp.logs.is_none());
+                }
+                "OTEL_SDK_DISABLED" => assert!(cfg.otlp.is_some()),
+                _ => {}
+            }
+        }
+        for good in [
+            "debug",
+            "WARN",
+            "info,hyper=off",
+            "lambda_telemetry_bridge=trace",
+        ] {
+            let (cfg, issues) = load(&[("BRIDGE_LOG", good)]);
+            assert!(issues.is_empty(), "{good}: {issues:?}");
+            assert!(cfg
+                .log_filter
+                .parse::<tracing_subscriber::filter::Targets>()
+                .is_ok());
+        }
+        for good in ["127.0.0.1", "::1", "sandbox.localdomain", "0.0.0.0"] {
+            let (_, issues) = load(&[("BRIDGE_LISTENER_ADDR", good)]);
+            assert!(issues.is_empty(), "{good}: {issues:?}");
+        }
+        let (cfg, issues) = load(&[("BRIDGE_ARCHITECTURE", "aarch64")]);
+        assert!(issues.is_empty());
+        assert_eq!(cfg.pricing, Pricing::for_arch("arm64"));
     }
 
     #[test]

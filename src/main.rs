@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use lambda_telemetry_bridge::app;
-use lambda_telemetry_bridge::config::{Config, ConfigIssue};
+use lambda_telemetry_bridge::config::Config;
 
 fn main() -> ExitCode {
     // Lambda-Extension-Name must be the file name Lambda launched.
@@ -17,28 +17,20 @@ fn main() -> ExitCode {
         })
         .unwrap_or_else(|| "lambda-telemetry-bridge".to_string());
 
-    let (config, mut issues) = match Config::from_env() {
+    let (config, issues) = match Config::from_env() {
         Ok(loaded) => loaded,
         Err(e) => {
             println!("ERROR lambda-telemetry-bridge: {e}");
             return ExitCode::from(1);
         }
     };
-    let filter = match config
+    // The configuration validated the filter (a bad one is an issue, reported once logging runs).
+    let filter = config
         .log_filter
         .parse::<tracing_subscriber::filter::Targets>()
-    {
-        Ok(filter) => filter,
-        Err(_) => {
-            issues.push(ConfigIssue {
-                variable: "BRIDGE_LOG".into(),
-                value: config.log_filter.clone(),
-                allowed: "a level (error, warn, info, debug, trace) or target=level list".into(),
-                consequence: "logging at info".into(),
-            });
+        .unwrap_or_else(|_| {
             tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-        }
-    };
+        });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()

@@ -262,6 +262,7 @@ fn base64url(bytes: &[u8]) -> String {
 /// Pushes the self-metrics to a Pushgateway, at most once per interval (and at shutdown).
 pub struct Pusher {
     endpoint: crate::sinks::http::Endpoint,
+    headers: reqwest::header::HeaderMap,
     interval: std::time::Duration,
     last: Option<tokio::time::Instant>,
     client: std::sync::Arc<crate::sinks::http::LazyClient>,
@@ -270,12 +271,12 @@ pub struct Pusher {
 impl Pusher {
     /// `instance` groups this execution environment's series (its log stream name).
     pub fn new(
-        base: &reqwest::Url,
+        gateway: &crate::config::Pushgateway,
         instance: &str,
         interval: std::time::Duration,
         client: std::sync::Arc<crate::sinks::http::LazyClient>,
     ) -> Pusher {
-        let mut url = base.clone();
+        let mut url = gateway.url.clone();
         // A log stream name holds '/', which a Pushgateway path segment cannot: its protocol
         // takes such label values base64url-encoded, as `instance@base64/<value>`.
         let encoded = base64url(instance.as_bytes());
@@ -288,8 +289,23 @@ impl Pusher {
                 encoded.as_str(),
             ]);
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        if let Some(value) = gateway
+            .authorization
+            .as_deref()
+            .and_then(|v| reqwest::header::HeaderValue::from_str(v).ok())
+        {
+            let mut value = value;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Pusher {
             endpoint: crate::sinks::http::Endpoint::new(url),
+            headers,
             interval,
             last: None,
             client,
@@ -318,16 +334,11 @@ impl Pusher {
                 return;
             }
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
         let result = client
             .send(
                 reqwest::Method::PUT,
                 &self.endpoint,
-                &headers,
+                &self.headers,
                 METRICS.render().into(),
                 remaining,
             )

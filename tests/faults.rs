@@ -360,6 +360,7 @@ fn a_ten_thousand_event_one_mebibyte_batch_goes_through() {
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_LISTENER_PORT", port.to_string()),
                 ("BRIDGE_BUFFER_MAX_BYTES", "1048576".into()),
+                ("BRIDGE_BUFFER_MAX_ITEMS", "10000".into()),
             ],
         );
         let mut batch = String::from("[");

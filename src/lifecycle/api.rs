@@ -11,7 +11,13 @@ use serde::Deserialize;
 use thiserror::Error;
 
 const EXTENSION_API: &str = "2020-01-01/extension";
+/// The one call without a timeout: it returns when Lambda has an event.
+const NEXT: &str = "event/next";
 const TELEMETRY_API: &str = "2022-07-01/telemetry";
+/// Longest wait for an answer to any call but `/event/next` (which blocks by design). The Runtime
+/// API is local and answers in microseconds; init has 10 s in all, so a call that never answers
+/// must fail loudly well before Lambda's init timeout does it silently.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, Error)]
 pub enum LifecycleError {
@@ -38,6 +44,12 @@ pub enum LifecycleError {
     Answer { call: &'static str, detail: String },
     #[error("invalid request to {call}: {detail}")]
     Request { call: &'static str, detail: String },
+    #[error("{call}: no answer from the Runtime API at {host} within {} ms", .after.as_millis())]
+    Timeout {
+        call: &'static str,
+        host: String,
+        after: std::time::Duration,
+    },
 }
 
 /// What registration tells the extension about its function.
@@ -113,7 +125,29 @@ impl ExtensionsApi {
         self.extension_id.as_deref()
     }
 
+    /// One call, bounded by [`CALL_TIMEOUT`] unless it is `/event/next`.
     async fn call(
+        &self,
+        call: &'static str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), LifecycleError> {
+        let exchange = self.exchange(call, method, path, headers, body);
+        if call == NEXT {
+            return exchange.await;
+        }
+        tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| LifecycleError::Timeout {
+                call,
+                host: self.host.clone(),
+                after: CALL_TIMEOUT,
+            })?
+    }
+
+    async fn exchange(
         &self,
         call: &'static str,
         method: Method,
@@ -207,7 +241,7 @@ impl ExtensionsApi {
 
     /// `GET /event/next`: blocks until Lambda has an event for us.
     pub async fn next_event(&self) -> Result<NextEvent, LifecycleError> {
-        let call = "event/next";
+        let call = NEXT;
         let (_, _, body) = self
             .call(
                 call,

@@ -189,7 +189,7 @@ impl Pipeline {
 
 /// Turns a panic while polling the inner future into `Err(())`: a sink's bug must never take
 /// the extension (and with it the function's telemetry lifecycle) down.
-struct CatchPanic<F>(F);
+pub(crate) struct CatchPanic<F>(pub(crate) F);
 
 impl<F: Future + Unpin> Future for CatchPanic<F> {
     type Output = Result<F::Output, ()>;

@@ -18,6 +18,11 @@ use reqwest::StatusCode;
 use thiserror::Error;
 use tokio::time::Instant;
 
+/// The most of an answer's body that is read. Only OTLP reads it (a partial-success message,
+/// a few hundred bytes); an endpoint answering with more must not cost the function memory
+/// (a 200 MiB answer would be an out-of-memory kill on a 128 MB function) nor time.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// First retry delay; doubled per attempt up to [`MAX_BACKOFF`], with full jitter.
 const BASE_BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_millis(1_000);
@@ -103,12 +108,7 @@ impl Transport {
                         }
                     })?;
                     let (parts, body) = response.into_parts();
-                    // The body matters only to OTLP (partial success); a broken one is no failure.
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
+                    let body = read_bounded(body).await;
                     Ok(Answer {
                         retry_after: retry_after(&parts.headers),
                         status: parts.status,
@@ -130,7 +130,8 @@ impl Transport {
                     .map_err(|e| describe(&e))?;
                 let status = response.status();
                 let retry_after = retry_after(response.headers());
-                let body = response.bytes().await.unwrap_or_default();
+                // reqwest's timeout above covers reading the body too.
+                let body = read_bounded(reqwest::Body::from(response)).await;
                 Ok(Answer {
                     status,
                     retry_after,
@@ -139,6 +140,27 @@ impl Transport {
             }
         }
     }
+}
+
+/// At most [`MAX_ANSWER_BYTES`] of an answer's body; the rest is not read (the connection is then
+/// not reused). The body matters only to OTLP (partial success): a broken one is no failure.
+async fn read_bounded<B>(body: B) -> Bytes
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            let room = MAX_ANSWER_BYTES - out.len();
+            if data.len() >= room {
+                out.extend_from_slice(&data[..room]);
+                break;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    out.freeze()
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -17,6 +17,38 @@ use crate::event::{Event, EventKind};
 pub enum BatchError {
     #[error("body is not a JSON array of events: {0}")]
     NotAnArray(#[source] serde_json::Error),
+    /// Lambda sends at most the subscription's `maxItems` events in one POST. Each element costs
+    /// its bookkeeping (~60 bytes) beyond its bytes, so an array of tiny elements, which Lambda
+    /// never sends, would cost memory out of proportion to its size: it is refused unread.
+    #[error("more than {max_items} elements (the subscription's maxItems)")]
+    TooManyElements { max_items: usize },
+}
+
+/// Collects the array's elements as borrowed raw values, at most `max` of them: parsing stops
+/// (with an error, noted in `overflow`) at the first element beyond, before it is allocated for.
+struct BoundedVisitor<'o> {
+    max: usize,
+    overflow: &'o std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedVisitor<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.max {
+                self.overflow.set(true);
+                return Err(serde::de::Error::custom("too many elements"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// The events of one POST, and what the lifecycle needs to know about them.
@@ -45,8 +77,20 @@ struct RequestRecord<'a> {
     request_id: Cow<'a, str>,
 }
 
-pub fn parse_batch(body: &Bytes) -> Result<ParsedBatch, BatchError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(BatchError::NotAnArray)?;
+/// Splits `body`, a JSON array of at most `max_items` elements.
+pub fn parse_batch(body: &Bytes, max_items: usize) -> Result<ParsedBatch, BatchError> {
+    let overflow = std::cell::Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let visitor = BoundedVisitor {
+        max: max_items,
+        overflow: &overflow,
+    };
+    let items = serde::Deserializer::deserialize_seq(&mut deserializer, visitor)
+        .and_then(|items| deserializer.end().map(|()| items))
+        .map_err(|e| match overflow.get() {
+            true => BatchError::TooManyElements { max_items },
+            false => BatchError::NotAnArray(e),
+        })?;
     let base = body.as_ptr() as usize;
     let mut batch = ParsedBatch {
         events: Vec::with_capacity(items.len()),
@@ -94,7 +138,7 @@ mod tests {
             br#"[ {"time":"2022-10-12T00:00:00.000Z","type":"platform.start","record":{"requestId":"a","version":"$LATEST"}},
   {"type" : "function", "record":"hello \u00e9 \"quoted\""} ,{"type":"platform.runtimeDone","record":{"status":"success","requestId":"r\u0031"}}]"#,
         );
-        let batch = parse_batch(&body).expect("valid batch");
+        let batch = parse_batch(&body, 1000).expect("valid batch");
         assert_eq!(batch.events.len(), 3);
         assert_eq!(
             batch.events[1].raw(),
@@ -111,7 +155,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"[1,"text",{"no":"type"},{"type":"platform.report","record":"not an object"},{"type":"brand.new","record":{}}]"#,
         );
-        let batch = parse_batch(&body).expect("an array");
+        let batch = parse_batch(&body, 1000).expect("an array");
         assert_eq!(batch.events.len(), 5);
         assert_eq!(batch.malformed, 4);
         assert_eq!(batch.events[4].kind(), EventKind::Unknown);
@@ -122,9 +166,25 @@ mod tests {
     }
 
     #[test]
+    fn more_elements_than_max_items_are_refused() {
+        let body = |n: usize| Bytes::from(format!("[{}]", vec!["1"; n].join(",")));
+        assert_eq!(
+            parse_batch(&body(3), 3).expect("at the limit").events.len(),
+            3
+        );
+        for n in [4, 5, 1000] {
+            assert!(matches!(
+                parse_batch(&body(n), 3),
+                Err(BatchError::TooManyElements { max_items: 3 })
+            ));
+        }
+        assert_eq!(parse_batch(&body(0), 3).expect("empty").events.len(), 0);
+    }
+
+    #[test]
     fn non_arrays_and_broken_json_are_rejected() {
         for body in [&b"{}"[..], b"not json", b"[{\"type\":", b"", b"[\"\xff\"]"] {
-            assert!(parse_batch(&Bytes::copy_from_slice(body)).is_err());
+            assert!(parse_batch(&Bytes::copy_from_slice(body), 1000).is_err());
         }
     }
 }

@@ -3,28 +3,57 @@
 //! The request path does the minimum: split the array (zero-copy), push into the pipeline,
 //! record runtimeDone/report progress, answer. Delivery happens elsewhere, so the listener
 //! answers in microseconds even while sinks are stuck.
+//!
+//! It is served by hyper's HTTP/1.1 connection directly (not `axum::serve`) because a listener
+//! inside a 128 MB sandbox with 1,024 file descriptors needs what that does not expose: a
+//! deadline on request heads (which also closes idle kept-alive connections), a deadline on
+//! bodies, and a bound on open connections, where a new connection closes the oldest one rather
+//! than waiting behind it: Lambda's next push must never queue behind connections that hold
+//! nothing.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::Buffering;
 use crate::pipeline::Pipeline;
 use crate::self_metrics::METRICS;
-use crate::telemetry::batch::parse_batch;
+use crate::telemetry::batch::{parse_batch, BatchError};
 use crate::telemetry::progress::{self, Progress};
+
+/// A request's head must arrive within this of the connection becoming idle (accepted, or its
+/// last answer sent); an idle kept-alive connection is closed after it too. Lambda sends a
+/// whole request at once, from outside the sandbox's CPU limit.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request's body must arrive within this of its head.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open connections at most; the oldest is closed to make room for a new one. Lambda pushes
+/// over one kept-alive connection; Lambda's file-descriptor limit is 1,024.
+pub const MAX_CONNECTIONS: usize = 128;
 
 /// Lambda may send up to 2 × maxBytes in one POST, plus the array's own punctuation and
 /// metadata; anything larger is not from Lambda.
 pub fn body_limit(buffering: &Buffering) -> usize {
     2 * buffering.max_bytes as usize + 64 * 1024
+}
+
+/// Elements accepted in one POST: Lambda sends at most `maxItems`; twice that leaves room for
+/// what the platform may add, as the byte limit does.
+pub fn element_limit(buffering: &Buffering) -> usize {
+    2 * buffering.max_items as usize
 }
 
 #[derive(Debug, Error)]
@@ -38,9 +67,35 @@ pub enum ListenerError {
     },
 }
 
+/// A bound socket, not yet served.
+pub struct BoundSocket {
+    socket: TcpListener,
+    /// The host it was bound with (the configured one, or a fallback).
+    pub host: String,
+    pub local_addr: SocketAddr,
+}
+
+/// Binds `host:port` (port 0: ephemeral).
+pub async fn bind(host: &str, port: u16) -> Result<BoundSocket, ListenerError> {
+    let error = |source| ListenerError::Bind {
+        host: host.to_string(),
+        port,
+        source,
+    };
+    let socket = TcpListener::bind((host, port)).await.map_err(error)?;
+    let local_addr = socket.local_addr().map_err(error)?;
+    Ok(BoundSocket {
+        socket,
+        host: host.to_string(),
+        local_addr,
+    })
+}
+
 struct Shared {
     pipeline: Arc<Pipeline>,
     progress: watch::Sender<Progress>,
+    body_limit: usize,
+    max_items: usize,
 }
 
 /// The running listener.
@@ -64,85 +119,190 @@ impl Listener {
     }
 }
 
-/// Binds and starts serving on the current runtime; returns the address really bound.
-pub async fn start(
-    host: &str,
-    port: u16,
+/// Starts serving `bound` on the current runtime.
+pub fn start(
+    bound: BoundSocket,
     buffering: &Buffering,
     pipeline: Arc<Pipeline>,
     progress: watch::Sender<Progress>,
-) -> Result<Listener, ListenerError> {
-    let socket = TcpListener::bind((host, port))
-        .await
-        .map_err(|source| ListenerError::Bind {
-            host: host.to_string(),
-            port,
-            source,
-        })?;
-    let local_addr = socket.local_addr().map_err(|source| ListenerError::Bind {
-        host: host.to_string(),
-        port,
-        source,
-    })?;
-    let shared = Arc::new(Shared { pipeline, progress });
-    let app = Router::new()
-        .fallback(receive)
-        .layer(DefaultBodyLimit::max(body_limit(buffering)))
-        .with_state(shared);
-    let (stop, mut stopped) = watch::channel(false);
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(socket, app).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "telemetry listener stopped");
-        }
+) -> Listener {
+    let shared = Arc::new(Shared {
+        pipeline,
+        progress,
+        body_limit: body_limit(buffering),
+        max_items: element_limit(buffering),
     });
-    Ok(Listener {
-        local_addr,
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(accept_loop(bound.socket, shared, stopped));
+    Listener {
+        local_addr: bound.local_addr,
         stop,
         server,
-    })
+    }
 }
 
-async fn receive(
-    State(shared): State<Arc<Shared>>,
-    method: axum::http::Method,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> (StatusCode, &'static str) {
-    if method != axum::http::Method::POST {
-        METRICS
-            .listener_rejected
-            .with_label_values(&["method"])
-            .inc();
-        return (
+/// What the accept loop knows of a connection it handed over.
+struct OpenConnection {
+    /// Tells the connection to finish its request in flight, if any, and close.
+    close: watch::Sender<bool>,
+    /// Requests it has carried.
+    requests: Arc<AtomicU64>,
+}
+
+/// Accepts until stopped, then lets every connection finish its request in flight.
+async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    // Oldest first.
+    let mut open: VecDeque<OpenConnection> = VecDeque::new();
+    let mut accept_errors = 0u64;
+    let mut evicted = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => break,
+            accepted = socket.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: say so (once in a while), back off a little.
+                accept_errors += 1;
+                if accept_errors.is_power_of_two() {
+                    tracing::error!(error = %e, failures = accept_errors, "telemetry listener: cannot accept a connection");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        open.retain(|c| !c.close.is_closed());
+        if open.len() >= MAX_CONNECTIONS {
+            // The oldest connection that never carried a request (Lambda's own connection has,
+            // and must not be the one closed to make room for a flood); else the oldest.
+            let victim = open
+                .iter()
+                .position(|c| c.requests.load(Ordering::Relaxed) == 0)
+                .unwrap_or(0);
+            if let Some(victim) = open.remove(victim) {
+                let _ = victim.close.send(true);
+                evicted += 1;
+                METRICS
+                    .listener_rejected
+                    .with_label_values(&["connections"])
+                    .inc();
+                // A flood would otherwise log a line per connection.
+                if evicted.is_power_of_two() {
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        closed_so_far = evicted,
+                        "telemetry listener: too many open connections; closed the oldest idle one"
+                    );
+                }
+            }
+        }
+        let (close, closed) = watch::channel(false);
+        let requests = Arc::new(AtomicU64::new(0));
+        open.push_back(OpenConnection {
+            close,
+            requests: requests.clone(),
+        });
+        connections.spawn(serve_connection(
+            stream,
+            shared.clone(),
+            requests,
+            stopped.clone(),
+            closed,
+        ));
+    }
+    drop(socket);
+    connections.join_all().await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    requests: Arc<AtomicU64>,
+    mut stopped: watch::Receiver<bool>,
+    mut evicted: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |request| {
+        requests.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(receive(&shared, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopped.wait_for(|stop| *stop) => {}
+        _ = evicted.wait_for(|close| *close) => {}
+    }
+    // Finish the request in flight, if any, then close; a peer that is slow about it (hyper
+    // waits for a head it has begun to read) is dropped after a body's allowance.
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(BODY_TIMEOUT, connection).await;
+}
+
+fn answer(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn reject(reason: &'static str) {
+    METRICS.listener_rejected.with_label_values(&[reason]).inc();
+}
+
+async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        reject("method");
+        return answer(
             StatusCode::METHOD_NOT_ALLOWED,
             "POST a JSON array of events\n",
         );
     }
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "body"
-            };
-            METRICS.listener_rejected.with_label_values(&[reason]).inc();
-            tracing::warn!(status = rejection.status().as_u16(), reason = %rejection.body_text(), "telemetry listener: body rejected");
-            let status = rejection.status();
-            return (status, "body rejected\n");
+    let limited = Limited::new(request.into_body(), shared.body_limit);
+    let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            reject("too_large");
+            tracing::warn!(
+                limit = shared.body_limit,
+                "telemetry listener: body over the limit; rejected"
+            );
+            return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+        }
+        Ok(Err(e)) => {
+            reject("body");
+            tracing::warn!(error = %e, "telemetry listener: reading the body failed");
+            return answer(StatusCode::BAD_REQUEST, "body rejected\n");
+        }
+        Err(_) => {
+            reject("body_timeout");
+            tracing::warn!(
+                timeout_ms = BODY_TIMEOUT.as_millis() as u64,
+                "telemetry listener: body not received in time; rejected"
+            );
+            return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time\n");
         }
     };
-    let batch = match parse_batch(&body) {
+    let batch = match parse_batch(&body, shared.max_items) {
         Ok(batch) => batch,
-        Err(e) => {
-            METRICS
-                .listener_rejected
-                .with_label_values(&["not_an_array"])
-                .inc();
+        Err(e @ BatchError::TooManyElements { .. }) => {
+            reject("too_many_elements");
             tracing::warn!(bytes = body.len(), error = %e, "telemetry listener: POST rejected");
-            return (StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "more elements than the subscription's maxItems\n",
+            );
+        }
+        Err(e) => {
+            reject("not_an_array");
+            tracing::warn!(bytes = body.len(), error = %e, "telemetry listener: POST rejected");
+            return answer(StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
         }
     };
     let count = batch.events.len();
@@ -164,5 +324,5 @@ async fn receive(
     );
     shared.pipeline.push(batch.events);
     progress::record(&shared.progress, batch.runtime_done, batch.reports);
-    (StatusCode::OK, "")
+    answer(StatusCode::OK, "")
 }

@@ -6,8 +6,8 @@ use crate::config::Config;
 
 pub const SCHEMA_VERSION: &str = "2022-12-13";
 
-/// The `PUT /telemetry` body for a listener on `port`.
-pub fn subscription_body(config: &Config, port: u16) -> Vec<u8> {
+/// The `PUT /telemetry` body for a listener reached as `host:port`.
+pub fn subscription_body(config: &Config, host: &str, port: u16) -> Vec<u8> {
     let types: Vec<&str> = config.telemetry_types.iter().map(|t| t.as_str()).collect();
     json!({
         "schemaVersion": SCHEMA_VERSION,
@@ -19,7 +19,7 @@ pub fn subscription_body(config: &Config, port: u16) -> Vec<u8> {
         },
         "destination": {
             "protocol": "HTTP",
-            "URI": format!("http://{}:{}/", config.destination_host, port),
+            "URI": format!("http://{host}:{port}/"),
         },
     })
     .to_string()

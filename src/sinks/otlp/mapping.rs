@@ -356,8 +356,10 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     })
 }
 
+/// A duration from the platform's milliseconds; negative, NaN or absurd values (beyond what a
+/// `Duration` holds) become zero rather than a panic: one bad field costs only its own number.
 fn ms(duration_ms: f64) -> Duration {
-    Duration::from_secs_f64(duration_ms.max(0.0) / 1000.0)
+    Duration::try_from_secs_f64(duration_ms.max(0.0) / 1000.0).unwrap_or_default()
 }
 
 fn is_error_status(status: &str) -> bool {
@@ -932,12 +934,11 @@ impl Mapper {
             }
             other => log.set_body(AnyValue::from(other.to_string())),
         }
-        if let Some(t) = timestamp {
-            log.set_timestamp(t);
-        }
-        if let Some(t) = time {
-            log.set_observed_timestamp(t);
-        }
+        // The OTLP encoder requires an observed time: an event without a usable `time` (absent,
+        // null, not RFC 3339) is observed now, so it costs its own timestamp and nothing else.
+        let observed = time.unwrap_or_else(SystemTime::now);
+        log.set_timestamp(timestamp.unwrap_or(observed));
+        log.set_observed_timestamp(observed);
         log.add_attribute(
             "aws.lambda.log.source",
             if kind == EventKind::FunctionLog {

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::config::{OtlpConfig, OtlpProtocol, Pricing, SignalConfig, Temporality};
 use crate::event::Event;
 use crate::lifecycle::Registration;
-use crate::pipeline::{BoxFuture, FlushContext, FlushReason, InvokeInfo, Sink};
+use crate::pipeline::{BoxFuture, CatchPanic, FlushContext, FlushReason, InvokeInfo, Sink};
 use crate::self_metrics::METRICS;
 use crate::sinks::http::LazyClient;
 use mapping::Mapper;
@@ -479,7 +479,12 @@ impl OtlpState {
             }
             let n = batch.len();
             client.set_deadline(deadline);
-            let result = exporter.export(batch).await;
+            let Some(result) = self
+                .guarded(TRACES, n, &self.spans, exporter.export(batch))
+                .await
+            else {
+                continue;
+            };
             if !self.settle(TRACES, result, client.take_outcome(), n, &self.spans) {
                 return;
             }
@@ -507,7 +512,10 @@ impl OtlpState {
             let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
                 batch.iter().map(|r| (r, &self.scope)).collect();
             client.set_deadline(deadline);
-            let result = exporter.export(LogBatch::new(&pairs)).await;
+            let export = exporter.export(LogBatch::new(&pairs));
+            let Some(result) = self.guarded(LOGS, n, &self.logs, export).await else {
+                continue;
+            };
             if !self.settle(LOGS, result, client.take_outcome(), n, &self.logs) {
                 return;
             }
@@ -528,7 +536,15 @@ impl OtlpState {
                 return;
             };
             client.set_deadline(deadline);
-            let result = exporter.export(&rm).await;
+            let Ok(result) = CatchPanic(Box::pin(exporter.export(&rm))).await else {
+                // Dropped, or it would fail the same way at every flush.
+                METRICS
+                    .sink_events_dropped
+                    .with_label_values(&[METRIC_SINK, "unencodable"])
+                    .inc();
+                tracing::error!("OTLP metrics: the exporter panicked on this collection; dropped");
+                continue;
+            };
             match (result, client.take_outcome()) {
                 (Ok(()), _) => {
                     METRICS
@@ -573,6 +589,34 @@ impl OtlpState {
             .as_ref()
             .map(|s| crate::config::redact_url(&s.endpoint))
             .unwrap_or_default()
+    }
+
+    /// Runs one export of the first `n` pending items, isolating a panic in the encoder: that
+    /// batch is dropped (counted, one ERROR line) instead of being retried at every flush, where
+    /// it would stop the signal for good. `None` when it panicked.
+    async fn guarded<T>(
+        &self,
+        sink: &'static str,
+        n: usize,
+        pending: &Mutex<VecDeque<T>>,
+        export: impl std::future::Future<Output = OTelSdkResult>,
+    ) -> Option<OTelSdkResult> {
+        match CatchPanic(Box::pin(export)).await {
+            Ok(result) => Some(result),
+            Err(()) => {
+                lock(pending).drain(..n);
+                METRICS
+                    .sink_events_dropped
+                    .with_label_values(&[sink, "unencodable"])
+                    .inc_by(n as u64);
+                tracing::error!(
+                    sink,
+                    items = n,
+                    "OTLP: the exporter panicked encoding this batch; dropped"
+                );
+                None
+            }
+        }
     }
 
     /// Books one export's result against a pending buffer; true to continue with the next batch.
