@@ -7,9 +7,12 @@
 
 FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src
+# The workspace: the extension (root), the simulator and the harness (every member must be present).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked \
+COPY lambda-sim ./lambda-sim
+COPY bridge-bench ./bridge-bench
+RUN cargo build --release --locked -p lambda-telemetry-bridge -p lambda-sim \
         --bin lambda-telemetry-bridge --bin lambda-sim --bin raw-json-mock \
     && mkdir -p /out \
     && cp target/release/lambda-telemetry-bridge target/release/lambda-sim \

@@ -3,8 +3,9 @@
 //!
 //! The data flow reads from the module names:
 //! `lifecycle` (Extensions API) → `telemetry` (subscription + listener) → `event` → `pipeline`
-//! (queue + flush policy) → `sinks` (raw JSON, …). `app` wires them together; `sim` is a loopback
-//! stand-in for the Lambda control plane used by the `lambda-sim` binary and the tests.
+//! (queue + flush policy) → `sinks` (raw JSON, OTLP). `app` wires them together. The Lambda
+//! stand-in the tests and `lambda-sim` use is a crate of its own (`lambda-sim/`), which does not
+//! depend on this one.
 
 pub mod app;
 pub mod config;
@@ -12,6 +13,5 @@ pub mod event;
 pub mod lifecycle;
 pub mod pipeline;
 pub mod self_metrics;
-pub mod sim;
 pub mod sinks;
 pub mod telemetry;

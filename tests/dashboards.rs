@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::{assert_clean, block_on, config, run};
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+use lambda_sim::{Behaviour, RecordingEndpoint};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Metric};
 use serde_json::Value;

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint, SimReport};
+use lambda_sim::{Behaviour, RecordingEndpoint, SimReport};
 
 #[test]
 fn registers_subscribes_and_delivers_every_event_once_unchanged_in_order() {
@@ -240,9 +240,9 @@ fn strict_mode_turns_a_bad_value_into_an_init_error() {
                 ("BRIDGE_BUFFER_MAX_ITEMS", "5".into()),
             ],
         );
-        let report = match lambda_telemetry_bridge::sim::run(cfg).await {
+        let report = match lambda_sim::run(cfg).await {
             Ok(report) => report,
-            Err(lambda_telemetry_bridge::sim::SimError::InitFailed { report, .. }) => *report,
+            Err(lambda_sim::SimError::InitFailed { report, .. }) => *report,
             Err(e) => panic!("unexpected: {e}"),
         };
         let error = report

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint, SimReport};
+use lambda_sim::{Behaviour, RecordingEndpoint, SimReport};
 
 /// The flush timeout the cases use, and the slack allowed on top of it for the Telemetry API's
 /// buffering (25 ms) and a busy machine running a debug build.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+use lambda_sim::{Behaviour, RecordingEndpoint};
 
 /// The listener's deadlines (`telemetry::listener`), and what a test allows beyond them.
 const LISTENER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,11 +193,9 @@ fn an_invalid_url_with_credentials_is_not_echoed_even_in_the_init_error() {
 }
 
 /// The report of a run whose init failed (as it must).
-async fn init_failed(
-    cfg: lambda_telemetry_bridge::sim::SimConfig,
-) -> lambda_telemetry_bridge::sim::SimReport {
-    match lambda_telemetry_bridge::sim::run(cfg).await {
-        Err(lambda_telemetry_bridge::sim::SimError::InitFailed { report, .. }) => *report,
+async fn init_failed(cfg: lambda_sim::SimConfig) -> lambda_sim::SimReport {
+    match lambda_sim::run(cfg).await {
+        Err(lambda_sim::SimError::InitFailed { report, .. }) => *report,
         Err(e) => panic!("unexpected: {e}"),
         Ok(report) => panic!("init succeeded:\n{}", report.extension_output),
     }
@@ -414,9 +412,7 @@ type Outcomes = Vec<(&'static str, (Duration, String, Instant))>;
 /// Runs 16 invocations while, from the second on, peers misbehave on the listener: a slow head,
 /// a short body, an endless chunked body, or (with `flood`) 1,100 idle connections with the
 /// bridge's open files limited to Lambda's 1,024. Lambda's own pushes must all go through.
-fn run_with_misbehaving_peers(
-    flood: bool,
-) -> (lambda_telemetry_bridge::sim::SimReport, Outcomes, String) {
+fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, String) {
     block_on(async {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::otlp::{attr_bool, attr_int, attr_str};
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint, SimReport};
+use lambda_sim::{Behaviour, RecordingEndpoint, SimReport};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric, Metric};
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
@@ -20,7 +20,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn run_with_collector(
     invocations: usize,
     extra: &[(&str, String)],
-    tweak: impl FnOnce(&mut lambda_telemetry_bridge::sim::SimConfig),
+    tweak: impl FnOnce(&mut lambda_sim::SimConfig),
 ) -> (SimReport, RecordingEndpoint) {
     let collector = RecordingEndpoint::start(Behaviour::ok())
         .await

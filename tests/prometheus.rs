@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+use lambda_sim::{Behaviour, RecordingEndpoint};
 
 struct Server(Child);
 

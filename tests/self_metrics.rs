@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use lambda_telemetry_bridge::sim::{Behaviour, RecordingEndpoint};
+use lambda_sim::{Behaviour, RecordingEndpoint};
 
 #[test]
 fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {

@@ -331,17 +331,31 @@ fn compose_mounts_ports_and_images() {
     report(problems);
 }
 
-/// The binaries the images of this repository run are the crate's `[[bin]]` targets, built and
-/// copied by the Dockerfile, whose base images are pinned.
+/// The binaries the images of this repository run are `[[bin]]` targets of the workspace's
+/// crates, built and copied by the Dockerfile, whose base images are pinned.
 #[test]
 fn dockerfile_builds_what_compose_runs() {
     let mut problems = Vec::new();
     // docker-compose.yml's own problems are reported by compose_mounts_ports_and_images.
     let stack = Stack::load(&mut Vec::new());
-    let manifest = read(&repo().join("Cargo.toml"));
+    let dockerfile = read(&repo().join("Dockerfile"));
     let mut bins = BTreeSet::new();
     let mut in_bin = false;
-    for line in manifest.lines().map(str::trim) {
+    // The workspace's members, each of which the Dockerfile must copy for Cargo to build.
+    let members = ["lambda-sim", "bridge-bench"];
+    for member in members {
+        if !dockerfile.contains(&format!("COPY {member} ")) {
+            problems.push(format!(
+                "the Dockerfile does not copy the workspace member {member}/"
+            ));
+        }
+    }
+    let manifests = std::iter::once(repo().join("Cargo.toml"))
+        .chain(members.iter().map(|m| repo().join(m).join("Cargo.toml")))
+        .map(|p| read(&p))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for line in manifests.lines().map(str::trim) {
         if line.starts_with('[') {
             in_bin = line == "[[bin]]";
         } else if in_bin {
@@ -354,7 +368,6 @@ fn dockerfile_builds_what_compose_runs() {
             }
         }
     }
-    let dockerfile = read(&repo().join("Dockerfile"));
     let mut built = BTreeSet::new();
     let mut words = dockerfile.split_whitespace().peekable();
     while let Some(word) = words.next() {

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use lambda_telemetry_bridge::sim::{self, RecordingEndpoint, SimConfig, SimReport};
+use lambda_sim::{self as sim, RecordingEndpoint, SimConfig, SimReport};
 use serde_json::Value;
 
 pub fn bridge_binary() -> PathBuf {
@@ -74,8 +74,8 @@ pub mod otlp {
     //! What an OTLP/HTTP receiver got, decoded with the protobuf definitions (or their JSON form)
     //! by the simulator's decoder; unlike its lenient `decode_*`, a payload that does not decode
     //! fails the test here.
-    use lambda_telemetry_bridge::sim::otlp_receiver::{self, decode, Signal};
-    use lambda_telemetry_bridge::sim::{RecordedRequest, RecordingEndpoint};
+    use lambda_sim::otlp_receiver::{self, decode, Signal};
+    use lambda_sim::{RecordedRequest, RecordingEndpoint};
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lambda_telemetry_bridge::sim::{self, otlp_receiver, Behaviour, RecordingEndpoint, SimConfig};
+use lambda_sim::{self as sim, otlp_receiver, Behaviour, RecordingEndpoint, SimConfig};
 use serde_json::value::RawValue;
 
 const USAGE: &str = "\

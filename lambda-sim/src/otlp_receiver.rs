@@ -5,9 +5,9 @@
 //! with unit and type, log records, one example trace) that `lambda-sim` prints.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), lambda_telemetry_bridge::sim::SimError> {
-//! use lambda_telemetry_bridge::sim::otlp_receiver::{attr_str, decode_traces};
-//! use lambda_telemetry_bridge::sim::{self, Behaviour, RecordingEndpoint, SimConfig};
+//! # async fn demo() -> Result<(), lambda_sim::SimError> {
+//! use lambda_sim::otlp_receiver::{attr_str, decode_traces};
+//! use lambda_sim::{self as sim, Behaviour, RecordingEndpoint, SimConfig};
 //! let collector = RecordingEndpoint::start(Behaviour::ok()).await?;
 //! let report = sim::run(SimConfig {
 //!     extension_env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.url())],

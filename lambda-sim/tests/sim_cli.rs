@@ -23,7 +23,7 @@ fn lambda_sim(args: &[&str], signal: Option<(usize, libc::c_int)>) -> Run {
     cmd.args(args)
         .arg("--quiet")
         .arg("--extension")
-        .arg(env!("CARGO_BIN_EXE_lambda-telemetry-bridge"))
+        .arg(bridge_binary())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -255,4 +255,17 @@ fn zero_invocations_runs_until_sigint_then_shuts_down() {
         "{out}"
     );
     assert!(out.contains("result: OK"), "{out}");
+}
+
+/// The extension binary, built by `cargo test` at the workspace root beside this package's own
+/// binaries (this package does not depend on the extension crate, so Cargo does not name it).
+fn bridge_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_lambda-sim"))
+        .with_file_name("lambda-telemetry-bridge");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` at the workspace root (it builds the extension too)",
+        path.display()
+    );
+    path
 }

@@ -7,8 +7,8 @@
 //! [`otlp_receiver`] decodes what a [`RecordingEndpoint`] used as OTLP/HTTP receiver got.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), lambda_telemetry_bridge::sim::SimError> {
-//! use lambda_telemetry_bridge::sim::{self, Behaviour, RecordingEndpoint, SimConfig};
+//! # async fn demo() -> Result<(), lambda_sim::SimError> {
+//! use lambda_sim::{self as sim, Behaviour, RecordingEndpoint, SimConfig};
 //! let sink = RecordingEndpoint::start(Behaviour::ok()).await?;
 //! let report = sim::run(SimConfig {
 //!     extension_path: "target/release/lambda-telemetry-bridge".into(),

@@ -435,7 +435,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Behaviour, RecordingEndpoint};
+    use crate::{Behaviour, RecordingEndpoint};
     use serde_json::json;
 
     fn sub(uri: String, types: &[&str], max_items: usize, timeout_ms: u64) -> Subscription {
@@ -459,7 +459,7 @@ mod tests {
             .await
             .map_err(|e| e.to_string())?;
         let hub = Arc::new(TelemetryHub::default());
-        let client = crate::sim::driver::http_client().map_err(|e| e.to_string())?;
+        let client = crate::driver::http_client().map_err(|e| e.to_string())?;
         let task = tokio::spawn(deliver(hub.clone(), client, Duration::from_secs(5)));
         Ok((hub, ep, JoinGuard(task)))
     }
@@ -583,7 +583,7 @@ mod tests {
             .await
             .map_err(|e| e.to_string())?;
         let hub = Arc::new(TelemetryHub::with_history_limit(Some(5)));
-        let client = crate::sim::driver::http_client().map_err(|e| e.to_string())?;
+        let client = crate::driver::http_client().map_err(|e| e.to_string())?;
         let _g = JoinGuard(tokio::spawn(deliver(
             hub.clone(),
             client,

@@ -14,7 +14,7 @@ fn bridge_bench_quick_produces_every_figure() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bridge-bench"));
     cmd.arg("--quick")
         .arg("--bridge")
-        .arg(env!("CARGO_BIN_EXE_lambda-telemetry-bridge"))
+        .arg(bridge_binary())
         .arg("--floor")
         .arg(env!("CARGO_BIN_EXE_bench-floor"))
         .stdin(Stdio::null())
@@ -74,4 +74,17 @@ fn bridge_bench_quick_produces_every_figure() {
             "no {figure:?} line in the table:\n{stdout}"
         );
     }
+}
+
+/// The extension binary, built by `cargo test` at the workspace root beside this package's own
+/// binaries (this package does not depend on the extension crate, so Cargo does not name it).
+fn bridge_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_bridge-bench"))
+        .with_file_name("lambda-telemetry-bridge");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` at the workspace root (it builds the extension too)",
+        path.display()
+    );
+    path
 }

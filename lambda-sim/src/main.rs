@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lambda_telemetry_bridge::sim::otlp_receiver::OtlpStats;
-use lambda_telemetry_bridge::sim::{
-    self, posted_events, Behaviour, InvocationRecord, RecordingEndpoint, SimConfig, SimError,
-    SimReport,
+use lambda_sim::otlp_receiver::OtlpStats;
+use lambda_sim::{
+    self as sim, posted_events, Behaviour, InvocationRecord, RecordingEndpoint, SimConfig,
+    SimError, SimReport,
 };
 use serde_json::Value;
 
@@ -142,9 +142,12 @@ fn build_extension_under_cargo(dir: &std::path::Path) -> Result<(), String> {
     };
     let release = dir.file_name().is_some_and(|n| n == "release");
     let mut command = std::process::Command::new(cargo);
+    // The extension is another package of the workspace (lambda-sim does not depend on it).
     command.current_dir(manifest_dir).args([
         "build",
         "--quiet",
+        "-p",
+        "lambda-telemetry-bridge",
         "--bin",
         "lambda-telemetry-bridge",
     ]);
