@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{redact_url, Config, ConfigIssue, FlushPolicy, TelemetryType, SANDBOX_HOST};
+use crate::http::LazyClient;
 use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
-use crate::self_metrics::{self, Pusher, METRICS};
-use crate::sinks::http::LazyClient;
+use crate::self_metrics::{self, Dropped, Pusher, METRICS};
 use crate::sinks::otlp::{FunctionIdentity, OtlpSink};
 use crate::sinks::raw_json::RawJsonSink;
 use crate::telemetry::progress::{self, Progress};
@@ -412,13 +412,7 @@ impl Bridge {
         let started = Instant::now();
         let report = self.pipeline.flush(reason, deadline).await;
         self.last_flush = Instant::now();
-        let label = match reason {
-            FlushReason::Invoke => "invoke",
-            FlushReason::Shutdown => "shutdown",
-        };
-        METRICS
-            .flush_histogram(label)
-            .observe(started.elapsed().as_secs_f64());
+        METRICS.flushed(reason, started.elapsed().as_secs_f64());
         let mut complete = true;
         let mut dropped = Vec::new();
         for sink in &report {
@@ -426,22 +420,19 @@ impl Bridge {
                 complete = false;
             }
             if sink.dropped_by_overflow > 0 {
-                METRICS
-                    .sink_events_dropped
-                    .with_label_values(&[sink.sink, "overflow"])
-                    .inc_by(sink.dropped_by_overflow);
+                METRICS.dropped(sink.sink, Dropped::Overflow, sink.dropped_by_overflow);
                 dropped.push(format!("{}={}", sink.sink, sink.dropped_by_overflow));
             }
             if sink.timed_out {
                 tracing::warn!(
-                    sink = sink.sink,
+                    sink = %sink.sink,
                     delivered = sink.done,
                     pending = sink.offered - sink.done,
                     "flush deadline reached; the rest stays queued"
                 );
             }
             tracing::debug!(
-                sink = sink.sink,
+                sink = %sink.sink,
                 offered = sink.offered,
                 done = sink.done,
                 ?reason,

@@ -7,11 +7,127 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::event::EventKind;
+use crate::pipeline::FlushReason;
+
+/// The output a series is about (label `sink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkLabel {
+    RawJson,
+    /// The OTLP sink as the pipeline sees it (one cursor for its three signals).
+    Otlp,
+    OtlpTraces,
+    OtlpMetrics,
+    OtlpLogs,
+}
+
+impl SinkLabel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SinkLabel::RawJson => "raw_json",
+            SinkLabel::Otlp => "otlp",
+            SinkLabel::OtlpTraces => "otlp_traces",
+            SinkLabel::OtlpMetrics => "otlp_metrics",
+            SinkLabel::OtlpLogs => "otlp_logs",
+        }
+    }
+}
+
+impl std::fmt::Display for SinkLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a delivery failed (label `reason` of `bridge_sink_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A definite no from the endpoint (4xx): the items were dropped.
+    Rejected,
+    /// Still failing at the deadline: the items stay for the next flush.
+    GaveUp,
+}
+
+impl Failure {
+    const ALL: [Failure; 2] = [Failure::Rejected, Failure::GaveUp];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Failure::Rejected => "rejected",
+            Failure::GaveUp => "gave_up",
+        }
+    }
+}
+
+/// Why items were dropped (label `reason` of `bridge_sink_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The queue or a retry buffer was full: the oldest went.
+    Overflow,
+    /// The endpoint refused them (4xx).
+    Rejected,
+    /// The OTLP encoder panicked on them.
+    Unencodable,
+}
+
+impl Dropped {
+    /// The reasons a dashboard shows at zero from the start.
+    const USUAL: [Dropped; 2] = [Dropped::Overflow, Dropped::Rejected];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Overflow => "overflow",
+            Dropped::Rejected => "rejected",
+            Dropped::Unencodable => "unencodable",
+        }
+    }
+}
+
+/// Why the telemetry listener refused a request or a connection (label `reason` of
+/// `bridge_listener_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Method,
+    TooLarge,
+    Body,
+    BodyTimeout,
+    NotAnArray,
+    TooManyElements,
+    /// A connection closed to make room for a new one.
+    Connections,
+}
+
+impl Refused {
+    const USUAL: [Refused; 4] = [
+        Refused::Method,
+        Refused::TooLarge,
+        Refused::Body,
+        Refused::NotAnArray,
+    ];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Refused::Method => "method",
+            Refused::TooLarge => "too_large",
+            Refused::Body => "body",
+            Refused::BodyTimeout => "body_timeout",
+            Refused::NotAnArray => "not_an_array",
+            Refused::TooManyElements => "too_many_elements",
+            Refused::Connections => "connections",
+        }
+    }
+}
+
+const fn flush_label(reason: FlushReason) -> &'static str {
+    match reason {
+        FlushReason::Invoke => "invoke",
+        FlushReason::Shutdown => "shutdown",
+    }
+}
 
 /// Every event kind, in the order of [`kind_index`].
 const KINDS: [EventKind; 16] = [
@@ -45,16 +161,16 @@ pub struct SelfMetrics {
     /// One child per event kind, resolved once: the listener counts without a label lookup.
     events_received: Vec<IntCounter>,
     pub listener_posts: IntCounter,
-    pub listener_rejected: IntCounterVec,
-    pub sink_batches: IntCounterVec,
-    pub sink_events_sent: IntCounterVec,
-    pub sink_bytes_sent: IntCounterVec,
-    pub sink_failures: IntCounterVec,
-    pub sink_retries: IntCounterVec,
-    pub sink_events_dropped: IntCounterVec,
+    listener_rejected: IntCounterVec,
+    sink_batches: IntCounterVec,
+    sink_events_sent: IntCounterVec,
+    sink_bytes_sent: IntCounterVec,
+    sink_failures: IntCounterVec,
+    sink_retries: IntCounterVec,
+    sink_events_dropped: IntCounterVec,
     pub queue_depth_events: IntGauge,
     pub queue_depth_bytes: IntGauge,
-    pub flush_duration: HistogramVec,
+    flush_duration: HistogramVec,
     pub invocations: IntCounter,
 }
 
@@ -100,8 +216,8 @@ impl SelfMetrics {
         )
         .unwrap_or_else(|e| panic!("flush histogram is well-formed: {e}"));
         let _ = registry.register(Box::new(flush_duration.clone()));
-        for reason in ["invoke", "shutdown"] {
-            flush_duration.with_label_values(&[reason]);
+        for reason in [FlushReason::Invoke, FlushReason::Shutdown] {
+            flush_duration.with_label_values(&[flush_label(reason)]);
         }
         let listener_rejected = counter_vec(
             &registry,
@@ -109,8 +225,8 @@ impl SelfMetrics {
             "Telemetry API requests rejected, by reason",
             &["reason"],
         );
-        for reason in ["method", "too_large", "body", "not_an_array"] {
-            listener_rejected.with_label_values(&[reason]);
+        for reason in Refused::USUAL {
+            listener_rejected.with_label_values(&[reason.as_str()]);
         }
         SelfMetrics {
             events_received: KINDS
@@ -177,7 +293,8 @@ impl SelfMetrics {
 
     /// Creates a sink's series at zero, so dashboards show 0 rather than "no data" before the
     /// first failure or drop.
-    pub fn init_sink(&self, sink: &str) {
+    pub fn init_sink(&self, sink: SinkLabel) {
+        let sink = sink.as_str();
         for counter in [
             &self.sink_batches,
             &self.sink_events_sent,
@@ -186,20 +303,64 @@ impl SelfMetrics {
         ] {
             counter.with_label_values(&[sink]);
         }
-        for reason in ["rejected", "gave_up"] {
-            self.sink_failures.with_label_values(&[sink, reason]);
+        for reason in Failure::ALL {
+            self.sink_failures
+                .with_label_values(&[sink, reason.as_str()]);
         }
-        for reason in ["overflow", "rejected"] {
-            self.sink_events_dropped.with_label_values(&[sink, reason]);
+        for reason in Dropped::USUAL {
+            self.sink_events_dropped
+                .with_label_values(&[sink, reason.as_str()]);
         }
+    }
+
+    /// One request delivered, with its body's size.
+    pub fn request_delivered(&self, sink: SinkLabel, bytes: u64) {
+        self.sink_batches.with_label_values(&[sink.as_str()]).inc();
+        self.sink_bytes_sent
+            .with_label_values(&[sink.as_str()])
+            .inc_by(bytes);
+    }
+
+    /// Items (events, spans, log records, metric collections) delivered.
+    pub fn items_delivered(&self, sink: SinkLabel, items: u64) {
+        self.sink_events_sent
+            .with_label_values(&[sink.as_str()])
+            .inc_by(items);
+    }
+
+    /// Requests sent again after a failed attempt.
+    pub fn retried(&self, sink: SinkLabel, retries: u64) {
+        self.sink_retries
+            .with_label_values(&[sink.as_str()])
+            .inc_by(retries);
+    }
+
+    pub fn failed(&self, sink: SinkLabel, failure: Failure) {
+        self.sink_failures
+            .with_label_values(&[sink.as_str(), failure.as_str()])
+            .inc();
+    }
+
+    pub fn dropped(&self, sink: SinkLabel, reason: Dropped, items: u64) {
+        self.sink_events_dropped
+            .with_label_values(&[sink.as_str(), reason.as_str()])
+            .inc_by(items);
+    }
+
+    pub fn refused(&self, reason: Refused) {
+        self.listener_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn flushed(&self, reason: FlushReason, seconds: f64) {
+        self.flush_duration
+            .with_label_values(&[flush_label(reason)])
+            .observe(seconds);
     }
 
     pub fn event_received(&self, kind: EventKind) {
         self.events_received[kind_index(kind)].inc();
-    }
-
-    pub fn flush_histogram(&self, reason: &str) -> Histogram {
-        self.flush_duration.with_label_values(&[reason])
     }
 
     /// The text exposition format.
@@ -261,11 +422,11 @@ fn base64url(bytes: &[u8]) -> String {
 
 /// Pushes the self-metrics to a Pushgateway, at most once per interval (and at shutdown).
 pub struct Pusher {
-    endpoint: crate::sinks::http::Endpoint,
+    endpoint: crate::http::Endpoint,
     headers: reqwest::header::HeaderMap,
     interval: std::time::Duration,
     last: Option<tokio::time::Instant>,
-    client: std::sync::Arc<crate::sinks::http::LazyClient>,
+    client: std::sync::Arc<crate::http::LazyClient>,
 }
 
 impl Pusher {
@@ -274,7 +435,7 @@ impl Pusher {
         gateway: &crate::config::Pushgateway,
         instance: &str,
         interval: std::time::Duration,
-        client: std::sync::Arc<crate::sinks::http::LazyClient>,
+        client: std::sync::Arc<crate::http::LazyClient>,
     ) -> Pusher {
         let mut url = gateway.url.clone();
         // A log stream name holds '/', which a Pushgateway path segment cannot: its protocol
@@ -304,7 +465,7 @@ impl Pusher {
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         Pusher {
-            endpoint: crate::sinks::http::Endpoint::new(url),
+            endpoint: crate::http::Endpoint::new(url),
             headers,
             interval,
             last: None,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::event::Event;
-use crate::self_metrics::METRICS;
+use crate::self_metrics::{SinkLabel, METRICS};
 use queue::Queue;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -60,7 +60,8 @@ pub struct InvokeInfo {
 
 /// A destination for events. Every sink gets every event, in arrival order.
 pub trait Sink: Send + Sync {
-    fn name(&self) -> &'static str;
+    /// Its label in the self-metrics and log lines.
+    fn name(&self) -> SinkLabel;
 
     /// Called when an INVOKE arrives, before its telemetry does.
     fn note_invoke(&self, _info: &InvokeInfo) {}
@@ -72,7 +73,7 @@ pub trait Sink: Send + Sync {
 /// What one flush achieved, per sink.
 #[derive(Debug, Clone)]
 pub struct SinkFlush {
-    pub sink: &'static str,
+    pub sink: SinkLabel,
     pub offered: usize,
     pub done: usize,
     pub timed_out: bool,
@@ -121,7 +122,7 @@ impl Pipeline {
     }
 
     pub fn sink_names(&self) -> Vec<&'static str> {
-        self.sinks.iter().map(|s| s.name()).collect()
+        self.sinks.iter().map(|s| s.name().as_str()).collect()
     }
 
     /// Offers every sink its pending events, concurrently, until `deadline`.
@@ -156,7 +157,7 @@ impl Pipeline {
                     Ok(Ok(())) => false,
                     Ok(Err(())) => {
                         tracing::error!(
-                            sink = sink.name(),
+                            sink = %sink.name(),
                             "sink panicked during a flush; its undelivered events stay queued"
                         );
                         false
@@ -231,4 +232,177 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use bytes::Bytes;
+
+    /// What a test sink does with the events it is offered.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Delivers everything.
+        Deliver,
+        /// Delivers this many, then panics.
+        PanicAfter(usize),
+        /// Delivers this many, then never finishes.
+        StallAfter(usize),
+    }
+
+    struct TestSink {
+        label: SinkLabel,
+        behaviour: Mutex<Behaviour>,
+        /// Every event delivered, in order (its bytes).
+        delivered: Mutex<Vec<Vec<u8>>>,
+        /// Every batch offered (its events' bytes).
+        offered: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl TestSink {
+        fn new(label: SinkLabel, behaviour: Behaviour) -> Arc<TestSink> {
+            Arc::new(TestSink {
+                label,
+                behaviour: Mutex::new(behaviour),
+                delivered: Mutex::new(Vec::new()),
+                offered: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn delivered(&self) -> Vec<Vec<u8>> {
+            self.delivered.lock().expect("lock").clone()
+        }
+
+        fn offered(&self) -> Vec<Vec<Vec<u8>>> {
+            self.offered.lock().expect("lock").clone()
+        }
+
+        fn set(&self, behaviour: Behaviour) {
+            *self.behaviour.lock().expect("lock") = behaviour;
+        }
+    }
+
+    impl Sink for TestSink {
+        fn name(&self) -> SinkLabel {
+            self.label
+        }
+
+        fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()> {
+            let behaviour = *self.behaviour.lock().expect("lock");
+            Box::pin(async move {
+                self.offered
+                    .lock()
+                    .expect("lock")
+                    .push(events.iter().map(|e| e.raw().to_vec()).collect());
+                let deliverable = match behaviour {
+                    Behaviour::Deliver => events.len(),
+                    Behaviour::PanicAfter(n) | Behaviour::StallAfter(n) => n.min(events.len()),
+                };
+                for (i, event) in events[..deliverable].iter().enumerate() {
+                    self.delivered
+                        .lock()
+                        .expect("lock")
+                        .push(event.raw().to_vec());
+                    ctx.mark_done(i + 1);
+                    tokio::task::yield_now().await;
+                }
+                match behaviour {
+                    Behaviour::Deliver => {}
+                    Behaviour::PanicAfter(_) => panic!("a sink bug"),
+                    Behaviour::StallAfter(_) => std::future::pending::<()>().await,
+                }
+            })
+        }
+    }
+
+    fn events(range: std::ops::Range<usize>) -> Vec<Event> {
+        range
+            .map(|i| {
+                Event::new(
+                    Bytes::from(format!(r#"{{"type":"function","record":"{i}"}}"#)),
+                    EventKind::FunctionLog,
+                )
+            })
+            .collect()
+    }
+
+    fn raw(range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
+        events(range).iter().map(|e| e.raw().to_vec()).collect()
+    }
+
+    fn pipeline(sinks: &[&Arc<TestSink>]) -> Pipeline {
+        let sinks = sinks
+            .iter()
+            .map(|s| (*s).clone() as Arc<dyn Sink>)
+            .collect();
+        Pipeline::new(sinks, 1000, 1 << 20)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn every_sink_gets_every_event_once_in_order() {
+        let (a, b) = (
+            TestSink::new(SinkLabel::RawJson, Behaviour::Deliver),
+            TestSink::new(SinkLabel::Otlp, Behaviour::Deliver),
+        );
+        let pipeline = pipeline(&[&a, &b]);
+        pipeline.push(events(0..3));
+        pipeline.flush(FlushReason::Invoke, soon()).await;
+        pipeline.push(events(3..5));
+        let report = pipeline.flush(FlushReason::Invoke, soon()).await;
+        for sink in [&a, &b] {
+            assert_eq!(sink.delivered(), raw(0..5));
+        }
+        assert_eq!(report[0].offered, 2);
+        assert_eq!(report[0].done, 2);
+        assert_eq!(pipeline.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sink_keeps_its_cursor_and_the_other_sink_delivers() {
+        let good = TestSink::new(SinkLabel::RawJson, Behaviour::Deliver);
+        let buggy = TestSink::new(SinkLabel::Otlp, Behaviour::PanicAfter(2));
+        let pipeline = pipeline(&[&good, &buggy]);
+        pipeline.push(events(0..5));
+        let report = pipeline.flush(FlushReason::Invoke, soon()).await;
+        assert_eq!(good.delivered(), raw(0..5));
+        assert_eq!((report[0].done, report[1].done), (5, 2));
+        assert!(!report[1].timed_out);
+        // The 3 events the buggy sink did not take stay queued for it, and only for it.
+        assert_eq!(pipeline.pending(), 3);
+        buggy.set(Behaviour::Deliver);
+        let report = pipeline.flush(FlushReason::Invoke, soon()).await;
+        assert_eq!(buggy.offered()[1], raw(2..5));
+        assert_eq!(buggy.delivered(), raw(0..5));
+        assert_eq!((report[0].offered, report[1].offered), (0, 3));
+        assert_eq!(
+            good.offered().len(),
+            1,
+            "nothing offered twice to the good sink"
+        );
+        assert_eq!(pipeline.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sink_is_cut_at_the_deadline_and_keeps_what_it_did() {
+        let good = TestSink::new(SinkLabel::RawJson, Behaviour::Deliver);
+        let stuck = TestSink::new(SinkLabel::Otlp, Behaviour::StallAfter(1));
+        let pipeline = pipeline(&[&good, &stuck]);
+        pipeline.push(events(0..4));
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let report = pipeline.flush(FlushReason::Invoke, deadline).await;
+        assert!(Instant::now() >= deadline);
+        assert!(report[1].timed_out && !report[0].timed_out);
+        assert_eq!((report[0].done, report[1].done), (4, 1));
+        assert_eq!(good.delivered(), raw(0..4));
+        stuck.set(Behaviour::Deliver);
+        pipeline.flush(FlushReason::Shutdown, soon()).await;
+        assert_eq!(stuck.offered()[1], raw(1..4));
+        assert_eq!(stuck.delivered(), raw(0..4));
+        assert_eq!(pipeline.pending(), 0);
+    }
 }

@@ -8,11 +8,11 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
 use crate::config::{redact_url, DispatchConfig};
 use crate::event::Event;
-use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
-use crate::self_metrics::METRICS;
-use crate::sinks::http::{
+use crate::http::{
     header_map, post_with_retry, Delivered, Endpoint, HttpError, LazyClient, PostError,
 };
+use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
+use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
 
 /// Upper bound of one POST body; larger backlogs go in several POSTs.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -25,7 +25,7 @@ pub struct RawJsonSink {
     client: Arc<LazyClient>,
 }
 
-const SINK: &str = "raw_json";
+const SINK: SinkLabel = SinkLabel::RawJson;
 
 impl RawJsonSink {
     pub fn new(config: &DispatchConfig, client: Arc<LazyClient>) -> Result<RawJsonSink, HttpError> {
@@ -74,19 +74,9 @@ impl RawJsonSink {
             .await
             {
                 Ok(Delivered { attempts, .. }) => {
-                    METRICS.sink_batches.with_label_values(&[SINK]).inc();
-                    METRICS
-                        .sink_events_sent
-                        .with_label_values(&[SINK])
-                        .inc_by(count as u64);
-                    METRICS
-                        .sink_bytes_sent
-                        .with_label_values(&[SINK])
-                        .inc_by(size as u64);
-                    METRICS
-                        .sink_retries
-                        .with_label_values(&[SINK])
-                        .inc_by(u64::from(attempts - 1));
+                    METRICS.request_delivered(SINK, size as u64);
+                    METRICS.items_delivered(SINK, count as u64);
+                    METRICS.retried(SINK, u64::from(attempts - 1));
                     tracing::debug!(
                         events = count,
                         bytes = size,
@@ -95,14 +85,8 @@ impl RawJsonSink {
                     );
                 }
                 Err(PostError::Rejected(status)) => {
-                    METRICS
-                        .sink_failures
-                        .with_label_values(&[SINK, "rejected"])
-                        .inc();
-                    METRICS
-                        .sink_events_dropped
-                        .with_label_values(&[SINK, "rejected"])
-                        .inc_by(count as u64);
+                    METRICS.failed(SINK, Failure::Rejected);
+                    METRICS.dropped(SINK, Dropped::Rejected, count as u64);
                     tracing::error!(
                         status = status.as_u16(),
                         endpoint = %self.shown_url,
@@ -111,14 +95,8 @@ impl RawJsonSink {
                     );
                 }
                 Err(e @ PostError::GaveUp { attempts, .. }) => {
-                    METRICS
-                        .sink_failures
-                        .with_label_values(&[SINK, "gave_up"])
-                        .inc();
-                    METRICS
-                        .sink_retries
-                        .with_label_values(&[SINK])
-                        .inc_by(u64::from(attempts.saturating_sub(1)));
+                    METRICS.failed(SINK, Failure::GaveUp);
+                    METRICS.retried(SINK, u64::from(attempts.saturating_sub(1)));
                     tracing::warn!(
                         endpoint = %self.shown_url,
                         events = events.len() - done,
@@ -135,7 +113,7 @@ impl RawJsonSink {
 }
 
 impl Sink for RawJsonSink {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> SinkLabel {
         SINK
     }
 

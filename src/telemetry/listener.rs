@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Buffering;
 use crate::pipeline::Pipeline;
-use crate::self_metrics::METRICS;
+use crate::self_metrics::{Refused, METRICS};
 use crate::telemetry::batch::{parse_batch, BatchError};
 use crate::telemetry::progress::{self, Progress};
 
@@ -186,10 +186,7 @@ async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, mut stopped: watc
             if let Some(victim) = open.remove(victim) {
                 let _ = victim.close.send(true);
                 evicted += 1;
-                METRICS
-                    .listener_rejected
-                    .with_label_values(&["connections"])
-                    .inc();
+                METRICS.refused(Refused::Connections);
                 // A flood would otherwise log a line per connection.
                 if evicted.is_power_of_two() {
                     tracing::warn!(
@@ -252,13 +249,13 @@ fn answer(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-fn reject(reason: &'static str) {
-    METRICS.listener_rejected.with_label_values(&[reason]).inc();
+fn reject(reason: Refused) {
+    METRICS.refused(reason);
 }
 
 async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::POST {
-        reject("method");
+        reject(Refused::Method);
         return answer(
             StatusCode::METHOD_NOT_ALLOWED,
             "POST a JSON array of events\n",
@@ -268,7 +265,7 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
     let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            reject("too_large");
+            reject(Refused::TooLarge);
             tracing::warn!(
                 limit = shared.body_limit,
                 "telemetry listener: body over the limit; rejected"
@@ -276,12 +273,12 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
             return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
         }
         Ok(Err(e)) => {
-            reject("body");
+            reject(Refused::Body);
             tracing::warn!(error = %e, "telemetry listener: reading the body failed");
             return answer(StatusCode::BAD_REQUEST, "body rejected\n");
         }
         Err(_) => {
-            reject("body_timeout");
+            reject(Refused::BodyTimeout);
             tracing::warn!(
                 timeout_ms = BODY_TIMEOUT.as_millis() as u64,
                 "telemetry listener: body not received in time; rejected"
@@ -292,7 +289,7 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
     let batch = match parse_batch(&body, shared.max_items) {
         Ok(batch) => batch,
         Err(e @ BatchError::TooManyElements { .. }) => {
-            reject("too_many_elements");
+            reject(Refused::TooManyElements);
             tracing::warn!(bytes = body.len(), error = %e, "telemetry listener: POST rejected");
             return answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -300,7 +297,7 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
             );
         }
         Err(e) => {
-            reject("not_an_array");
+            reject(Refused::NotAnArray);
             tracing::warn!(bytes = body.len(), error = %e, "telemetry listener: POST rejected");
             return answer(StatusCode::BAD_REQUEST, "expected a JSON array of events\n");
         }

@@ -29,17 +29,17 @@ use tokio::time::Instant;
 
 use crate::config::{OtlpConfig, OtlpProtocol, Pricing, SignalConfig, Temporality};
 use crate::event::Event;
+use crate::http::LazyClient;
 use crate::lifecycle::Registration;
 use crate::pipeline::{BoxFuture, CatchPanic, FlushContext, FlushReason, InvokeInfo, Sink};
-use crate::self_metrics::METRICS;
-use crate::sinks::http::LazyClient;
+use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
 use mapping::Mapper;
 use transport::{DeadlineClient, Outcome, SharedClient};
 
 /// Sink labels of the self-metrics, one per signal.
-const TRACES: &str = "otlp_traces";
-const METRIC_SINK: &str = "otlp_metrics";
-const LOGS: &str = "otlp_logs";
+const TRACES: SinkLabel = SinkLabel::OtlpTraces;
+const METRIC_SINK: SinkLabel = SinkLabel::OtlpMetrics;
+const LOGS: SinkLabel = SinkLabel::OtlpLogs;
 
 /// Spans and log records kept for retry at most; beyond this the oldest are dropped and counted.
 const MAX_PENDING_SPANS: usize = 20_000;
@@ -299,7 +299,7 @@ impl OtlpState {
             builder: B,
             signal: &SignalConfig,
             http: &Arc<LazyClient>,
-            sink: &'static str,
+            sink: SinkLabel,
         ) -> (B, Arc<DeadlineClient>) {
             let client = DeadlineClient::new(http.clone(), signal, sink);
             let headers: HashMap<String, String> = signal.headers.iter().cloned().collect();
@@ -328,9 +328,8 @@ impl OtlpState {
             builder: B,
             signal: &SignalConfig,
         ) -> Result<B, String> {
-            let headers =
-                crate::sinks::http::header_map(&signal.headers, "OTEL_EXPORTER_OTLP_HEADERS")
-                    .map_err(|e| e.to_string())?;
+            let headers = crate::http::header_map(&signal.headers, "OTEL_EXPORTER_OTLP_HEADERS")
+                .map_err(|e| e.to_string())?;
             let builder = builder
                 .with_endpoint(signal.endpoint.as_str())
                 .with_protocol(Protocol::Grpc)
@@ -423,20 +422,14 @@ impl OtlpState {
         if self.config.traces.is_some() {
             let dropped = push_bounded(&mut lock(&self.spans), mapped.spans, MAX_PENDING_SPANS);
             if dropped > 0 {
-                METRICS
-                    .sink_events_dropped
-                    .with_label_values(&[TRACES, "overflow"])
-                    .inc_by(dropped);
+                METRICS.dropped(TRACES, Dropped::Overflow, dropped);
                 tracing::warn!(dropped, "OTLP: span buffer full; oldest spans dropped");
             }
         }
         if self.config.logs.is_some() {
             let dropped = push_bounded(&mut lock(&self.logs), mapped.logs, MAX_PENDING_LOGS);
             if dropped > 0 {
-                METRICS
-                    .sink_events_dropped
-                    .with_label_values(&[LOGS, "overflow"])
-                    .inc_by(dropped);
+                METRICS.dropped(LOGS, Dropped::Overflow, dropped);
                 tracing::warn!(dropped, "OTLP: log buffer full; oldest records dropped");
             }
         }
@@ -538,36 +531,21 @@ impl OtlpState {
             client.set_deadline(deadline);
             let Ok(result) = CatchPanic(Box::pin(exporter.export(&rm))).await else {
                 // Dropped, or it would fail the same way at every flush.
-                METRICS
-                    .sink_events_dropped
-                    .with_label_values(&[METRIC_SINK, "unencodable"])
-                    .inc();
+                METRICS.dropped(METRIC_SINK, Dropped::Unencodable, 1);
                 tracing::error!("OTLP metrics: the exporter panicked on this collection; dropped");
                 continue;
             };
             match (result, client.take_outcome()) {
                 (Ok(()), _) => {
-                    METRICS
-                        .sink_events_sent
-                        .with_label_values(&[METRIC_SINK])
-                        .inc();
+                    METRICS.items_delivered(METRIC_SINK, 1);
                 }
                 (Err(e), Some(Outcome::Rejected(status))) => {
-                    METRICS
-                        .sink_failures
-                        .with_label_values(&[METRIC_SINK, "rejected"])
-                        .inc();
-                    METRICS
-                        .sink_events_dropped
-                        .with_label_values(&[METRIC_SINK, "rejected"])
-                        .inc();
+                    METRICS.failed(METRIC_SINK, Failure::Rejected);
+                    METRICS.dropped(METRIC_SINK, Dropped::Rejected, 1);
                     tracing::error!(status, endpoint = %self.endpoint(METRIC_SINK), error = %e, "OTLP metrics rejected; dropped");
                 }
                 (Err(e), _) => {
-                    METRICS
-                        .sink_failures
-                        .with_label_values(&[METRIC_SINK, "gave_up"])
-                        .inc();
+                    METRICS.failed(METRIC_SINK, Failure::GaveUp);
                     tracing::warn!(endpoint = %self.endpoint(METRIC_SINK), error = %e, "OTLP metrics not delivered; kept for the next flush");
                     let mut pending = lock(&self.metrics);
                     if self.config.temporality == Temporality::Delta || pending.is_empty() {
@@ -579,7 +557,7 @@ impl OtlpState {
         }
     }
 
-    fn endpoint(&self, sink: &str) -> String {
+    fn endpoint(&self, sink: SinkLabel) -> String {
         let config = match sink {
             TRACES => &self.config.traces,
             METRIC_SINK => &self.config.metrics,
@@ -596,7 +574,7 @@ impl OtlpState {
     /// it would stop the signal for good. `None` when it panicked.
     async fn guarded<T>(
         &self,
-        sink: &'static str,
+        sink: SinkLabel,
         n: usize,
         pending: &Mutex<VecDeque<T>>,
         export: impl std::future::Future<Output = OTelSdkResult>,
@@ -605,12 +583,9 @@ impl OtlpState {
             Ok(result) => Some(result),
             Err(()) => {
                 lock(pending).drain(..n);
-                METRICS
-                    .sink_events_dropped
-                    .with_label_values(&[sink, "unencodable"])
-                    .inc_by(n as u64);
+                METRICS.dropped(sink, Dropped::Unencodable, n as u64);
                 tracing::error!(
-                    sink,
+                    sink = %sink,
                     items = n,
                     "OTLP: the exporter panicked encoding this batch; dropped"
                 );
@@ -622,7 +597,7 @@ impl OtlpState {
     /// Books one export's result against a pending buffer; true to continue with the next batch.
     fn settle<T>(
         &self,
-        sink: &'static str,
+        sink: SinkLabel,
         result: OTelSdkResult,
         outcome: Option<Outcome>,
         n: usize,
@@ -631,32 +606,20 @@ impl OtlpState {
         match (result, outcome) {
             (Ok(()), _) => {
                 lock(pending).drain(..n);
-                METRICS
-                    .sink_events_sent
-                    .with_label_values(&[sink])
-                    .inc_by(n as u64);
-                tracing::debug!(sink, items = n, "OTLP export delivered");
+                METRICS.items_delivered(sink, n as u64);
+                tracing::debug!(sink = %sink, items = n, "OTLP export delivered");
                 true
             }
             (Err(e), Some(Outcome::Rejected(status))) => {
                 lock(pending).drain(..n);
-                METRICS
-                    .sink_failures
-                    .with_label_values(&[sink, "rejected"])
-                    .inc();
-                METRICS
-                    .sink_events_dropped
-                    .with_label_values(&[sink, "rejected"])
-                    .inc_by(n as u64);
-                tracing::error!(sink, status, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export rejected; batch dropped (not retried)");
+                METRICS.failed(sink, Failure::Rejected);
+                METRICS.dropped(sink, Dropped::Rejected, n as u64);
+                tracing::error!(sink = %sink, status, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export rejected; batch dropped (not retried)");
                 true
             }
             (Err(e), _) => {
-                METRICS
-                    .sink_failures
-                    .with_label_values(&[sink, "gave_up"])
-                    .inc();
-                tracing::warn!(sink, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export failed; kept for the next flush");
+                METRICS.failed(sink, Failure::GaveUp);
+                tracing::warn!(sink = %sink, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export failed; kept for the next flush");
                 false
             }
         }
@@ -689,8 +652,8 @@ fn push_bounded<T>(buffer: &mut VecDeque<T>, items: Vec<T>, max: usize) -> u64 {
 }
 
 impl Sink for OtlpSink {
-    fn name(&self) -> &'static str {
-        "otlp"
+    fn name(&self) -> SinkLabel {
+        SinkLabel::Otlp
     }
 
     fn note_invoke(&self, info: &InvokeInfo) {

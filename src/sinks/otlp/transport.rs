@@ -15,8 +15,8 @@ use bytes::Bytes;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use tokio::time::Instant;
 
-use crate::self_metrics::METRICS;
-use crate::sinks::http::{post_with_retry, Endpoint, LazyClient, PostError};
+use crate::http::{post_with_retry, Endpoint, LazyClient, PostError};
+use crate::self_metrics::{SinkLabel, METRICS};
 
 /// How the last export attempt ended, as far as the transport knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub struct DeadlineClient {
     endpoint: Endpoint,
     attempt_timeout: Duration,
     /// The self-metrics `sink` label.
-    sink: &'static str,
+    sink: SinkLabel,
     deadline: Mutex<Instant>,
     outcome: Mutex<Option<Outcome>>,
 }
@@ -42,7 +42,7 @@ impl DeadlineClient {
     pub fn new(
         http: Arc<LazyClient>,
         signal: &SignalConfig,
-        sink: &'static str,
+        sink: SinkLabel,
     ) -> Arc<DeadlineClient> {
         Arc::new(DeadlineClient {
             http,
@@ -99,15 +99,8 @@ impl HttpClient for SharedClient {
         {
             Ok(delivered) => {
                 inner.record(Outcome::Delivered);
-                METRICS.sink_batches.with_label_values(&[inner.sink]).inc();
-                METRICS
-                    .sink_bytes_sent
-                    .with_label_values(&[inner.sink])
-                    .inc_by(size);
-                METRICS
-                    .sink_retries
-                    .with_label_values(&[inner.sink])
-                    .inc_by(u64::from(delivered.attempts - 1));
+                METRICS.request_delivered(inner.sink, size);
+                METRICS.retried(inner.sink, u64::from(delivered.attempts - 1));
                 Ok(Response::builder().status(200).body(delivered.body)?)
             }
             Err(PostError::Rejected(status)) => {
@@ -117,10 +110,7 @@ impl HttpClient for SharedClient {
                     .body(Bytes::new())?)
             }
             Err(e @ PostError::GaveUp { attempts, .. }) => {
-                METRICS
-                    .sink_retries
-                    .with_label_values(&[inner.sink])
-                    .inc_by(u64::from(attempts.saturating_sub(1)));
+                METRICS.retried(inner.sink, u64::from(attempts.saturating_sub(1)));
                 inner.record(Outcome::GaveUp);
                 Err(Box::new(TransportError(e.to_string())))
             }

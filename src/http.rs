@@ -1,5 +1,6 @@
-//! HTTP delivery shared by the sinks: a lazily built client (TLS roots are loaded at the first
-//! flush, not at start-up) and one POST with retries inside the flush deadline.
+//! HTTP delivery shared by every output (the sinks and the self-metrics' Pushgateway, so it is
+//! no sink's): a lazily built client (TLS roots are loaded at the first flush, not at start-up)
+//! and one POST with retries inside the flush deadline.
 //!
 //! Plain-http endpoints (the common case on loopback or in a VPC: a collector sidecar) go through
 //! hyper-util's client directly; https ones through reqwest with rustls. reqwest's extra layers
