@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{redact_url, Config, ConfigIssue, FlushPolicy, TelemetryType, SANDBOX_HOST};
+use crate::config::url::redact_url;
+use crate::config::{Config, ConfigIssue, FlushPolicy, TelemetryType, SANDBOX_HOST};
 use crate::http::LazyClient;
 use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
@@ -57,7 +58,7 @@ struct Bridge {
 
 /// Runs the extension until SHUTDOWN; the exit code Lambda sees.
 pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: String) -> ExitCode {
-    let mut api = ExtensionsApi::new(&config.runtime_api);
+    let mut api = ExtensionsApi::new(&config.lambda.runtime_api);
     let registration = match api.register(&extension_name).await {
         Ok(r) => r,
         Err(e) => {
@@ -91,7 +92,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
                 .flatten()
                 .map(|s| &s.endpoint)
         }))
-        .chain(config.pushgateway.iter().map(|p| &p.url));
+        .chain(config.self_metrics.pushgateway.iter().map(|p| &p.url));
     let http = Arc::new(LazyClient::for_urls(outbound));
 
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
@@ -113,7 +114,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
     }
     match &config.otlp {
         Some(otlp) => {
-            let identity = FunctionIdentity::from_env(&registration);
+            let identity = FunctionIdentity::new(&registration, &config.lambda);
             tracing::info!(
                 traces = otlp
                     .traces
@@ -135,7 +136,6 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
             sinks.push(Arc::new(OtlpSink::new(
                 otlp.clone(),
                 &identity,
-                config.pricing,
                 http.clone(),
             )));
         }
@@ -149,7 +149,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         config.queue_max_bytes,
     ));
 
-    if let Some(addr) = config.metrics_addr {
+    if let Some(addr) = config.self_metrics.metrics_addr {
         match self_metrics::serve(addr).await {
             Ok(bound) => tracing::info!(addr = %bound, "self-metrics served at /metrics"),
             Err(e) => {
@@ -157,10 +157,18 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
             }
         }
     }
-    let pusher = config.pushgateway.as_ref().map(|gateway| {
-        let instance = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
-            .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
-        Pusher::new(gateway, &instance, config.push_interval, http.clone())
+    let pusher = config.self_metrics.pushgateway.as_ref().map(|gateway| {
+        let instance = config
+            .lambda
+            .log_stream
+            .clone()
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+        Pusher::new(
+            gateway,
+            &instance,
+            config.self_metrics.push_interval,
+            http.clone(),
+        )
     });
 
     let (progress_tx, progress_rx) = progress::channel();

@@ -20,8 +20,8 @@ use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde::Deserialize;
 
+use super::config::Pricing;
 use super::xray;
-use crate::config::Pricing;
 use crate::event::{Event, EventKind};
 use crate::pipeline::InvokeInfo;
 

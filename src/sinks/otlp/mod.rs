@@ -5,6 +5,7 @@
 //! flush point (a `ManualReader`: no background thread, nothing runs while Lambda is frozen).
 //! The opentelemetry-otlp exporters encode; [`transport`] sends within the flush deadline.
 
+pub mod config;
 pub mod mapping;
 pub mod transport;
 pub mod xray;
@@ -27,12 +28,13 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use tokio::time::Instant;
 
-use crate::config::{OtlpConfig, OtlpProtocol, Pricing, SignalConfig, Temporality};
+use crate::config::lambda::LambdaEnv;
 use crate::event::Event;
 use crate::http::LazyClient;
 use crate::lifecycle::Registration;
 use crate::pipeline::{BoxFuture, CatchPanic, FlushContext, FlushReason, InvokeInfo, Sink};
 use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
+use config::{OtlpConfig, OtlpProtocol, SignalConfig, Temporality};
 use mapping::Mapper;
 use transport::{DeadlineClient, Outcome, SharedClient};
 
@@ -63,22 +65,22 @@ pub struct FunctionIdentity {
 }
 
 impl FunctionIdentity {
-    pub fn from_env(registration: &Registration) -> FunctionIdentity {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    /// What registration said, completed by the environment's `AWS_*` variables.
+    pub fn new(registration: &Registration, lambda: &LambdaEnv) -> FunctionIdentity {
         FunctionIdentity {
             function_name: registration
                 .function_name
                 .clone()
-                .or_else(|| env("AWS_LAMBDA_FUNCTION_NAME")),
+                .or_else(|| lambda.function_name.clone()),
             function_version: registration
                 .function_version
                 .clone()
-                .or_else(|| env("AWS_LAMBDA_FUNCTION_VERSION")),
-            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+                .or_else(|| lambda.function_version.clone()),
+            region: lambda.region.clone(),
             account_id: registration.account_id.clone(),
-            log_stream: env("AWS_LAMBDA_LOG_STREAM_NAME"),
-            log_group: env("AWS_LAMBDA_LOG_GROUP_NAME"),
-            memory_mb: env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok()),
+            log_stream: lambda.log_stream.clone(),
+            log_group: lambda.log_group.clone(),
+            memory_mb: lambda.memory_mb,
         }
     }
 }
@@ -167,7 +169,6 @@ struct Exporters {
 pub struct OtlpSink {
     config: OtlpConfig,
     identity: FunctionIdentity,
-    pricing: Pricing,
     http: Arc<LazyClient>,
     state: OnceLock<OtlpState>,
     /// INVOKE details that arrived before the state existed.
@@ -175,16 +176,10 @@ pub struct OtlpSink {
 }
 
 impl OtlpSink {
-    pub fn new(
-        config: OtlpConfig,
-        identity: &FunctionIdentity,
-        pricing: Pricing,
-        http: Arc<LazyClient>,
-    ) -> OtlpSink {
+    pub fn new(config: OtlpConfig, identity: &FunctionIdentity, http: Arc<LazyClient>) -> OtlpSink {
         OtlpSink {
             config,
             identity: identity.clone(),
-            pricing,
             http,
             state: OnceLock::new(),
             early_notes: Mutex::new(Vec::new()),
@@ -193,12 +188,7 @@ impl OtlpSink {
 
     fn state(&self) -> &OtlpState {
         self.state.get_or_init(|| {
-            let state = OtlpState::new(
-                self.config.clone(),
-                &self.identity,
-                self.pricing,
-                self.http.clone(),
-            );
+            let state = OtlpState::new(self.config.clone(), &self.identity, self.http.clone());
             let mut mapper = lock(&state.mapper);
             for note in lock(&self.early_notes).drain(..) {
                 mapper.note_invoke(&note);
@@ -229,12 +219,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl OtlpState {
-    fn new(
-        config: OtlpConfig,
-        identity: &FunctionIdentity,
-        pricing: Pricing,
-        http: Arc<LazyClient>,
-    ) -> OtlpState {
+    fn new(config: OtlpConfig, identity: &FunctionIdentity, http: Arc<LazyClient>) -> OtlpState {
+        let pricing = config.pricing;
         let resource = build_resource(identity, &config);
         let scope = InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
             .with_version(env!("CARGO_PKG_VERSION"))
@@ -565,7 +551,7 @@ impl OtlpState {
         };
         config
             .as_ref()
-            .map(|s| crate::config::redact_url(&s.endpoint))
+            .map(|s| crate::config::url::redact_url(&s.endpoint))
             .unwrap_or_default()
     }
 

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::SignalConfig;
+use super::config::SignalConfig;
 
 use async_trait::async_trait;
 use bytes::Bytes;

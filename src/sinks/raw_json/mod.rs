@@ -1,18 +1,21 @@
 //! The raw JSON sink: POSTs events to `DISPATCH_POST_URI` as a JSON array, each event's bytes
 //! exactly as Lambda sent them, in arrival order, each once across all POSTs.
 
+pub mod config;
+
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
-use crate::config::{redact_url, DispatchConfig};
+use crate::config::url::redact_url;
 use crate::event::Event;
 use crate::http::{
     header_map, post_with_retry, Delivered, Endpoint, HttpError, LazyClient, PostError,
 };
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
 use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
+use config::DispatchConfig;
 
 /// Upper bound of one POST body; larger backlogs go in several POSTs.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;

@@ -4,6 +4,8 @@
 //! (`BRIDGE_METRICS_ADDR`, for local runs) they can be pushed to a Pushgateway
 //! (`BRIDGE_PUSHGATEWAY_URL`) at shutdown and at most every `BRIDGE_PUSH_INTERVAL_MS`.
 
+pub mod config;
+
 use std::sync::LazyLock;
 
 use prometheus::{
@@ -432,7 +434,7 @@ pub struct Pusher {
 impl Pusher {
     /// `instance` groups this execution environment's series (its log stream name).
     pub fn new(
-        gateway: &crate::config::Pushgateway,
+        gateway: &config::Pushgateway,
         instance: &str,
         interval: std::time::Duration,
         client: std::sync::Arc<crate::http::LazyClient>,
@@ -507,10 +509,10 @@ impl Pusher {
         match result {
             Ok(answer) if answer.status.is_success() => tracing::debug!("self-metrics pushed"),
             Ok(answer) => {
-                tracing::warn!(status = answer.status.as_u16(), endpoint = %crate::config::redact_url(&self.endpoint.url), "self-metrics push rejected")
+                tracing::warn!(status = answer.status.as_u16(), endpoint = %crate::config::url::redact_url(&self.endpoint.url), "self-metrics push rejected")
             }
             Err(error) => {
-                tracing::warn!(endpoint = %crate::config::redact_url(&self.endpoint.url), error, "self-metrics push failed")
+                tracing::warn!(endpoint = %crate::config::url::redact_url(&self.endpoint.url), error, "self-metrics push failed")
             }
         }
     }

@@ -1,0 +1,44 @@
+//! What Lambda itself tells the extension through the environment: every `AWS_*` variable the
+//! bridge reads is read here, once.
+
+use super::env::Env;
+
+/// The execution environment, as Lambda describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LambdaEnv {
+    /// `AWS_LAMBDA_RUNTIME_API`: host:port of the Extensions and Telemetry APIs.
+    pub runtime_api: String,
+    /// `AWS_SAM_LOCAL=true`: running under SAM's local emulator.
+    pub sam_local: bool,
+    pub function_name: Option<String>,
+    pub function_version: Option<String>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub region: Option<String>,
+    /// `AWS_LAMBDA_LOG_STREAM_NAME`: names this execution environment.
+    pub log_stream: Option<String>,
+    pub log_group: Option<String>,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB.
+    pub memory_mb: Option<u64>,
+}
+
+impl LambdaEnv {
+    /// `None` without `AWS_LAMBDA_RUNTIME_API`: not a Lambda environment.
+    pub fn read(env: &Env) -> Option<LambdaEnv> {
+        Some(LambdaEnv {
+            runtime_api: env.get("AWS_LAMBDA_RUNTIME_API")?,
+            sam_local: env
+                .get("AWS_SAM_LOCAL")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            function_name: env.get("AWS_LAMBDA_FUNCTION_NAME"),
+            function_version: env.get("AWS_LAMBDA_FUNCTION_VERSION"),
+            region: env
+                .get("AWS_REGION")
+                .or_else(|| env.get("AWS_DEFAULT_REGION")),
+            log_stream: env.get("AWS_LAMBDA_LOG_STREAM_NAME"),
+            log_group: env.get("AWS_LAMBDA_LOG_GROUP_NAME"),
+            memory_mb: env
+                .get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .and_then(|m| m.trim().parse().ok()),
+        })
+    }
+}
