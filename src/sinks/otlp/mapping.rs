@@ -1,283 +1,41 @@
-//! Telemetry API events → OpenTelemetry spans, metric measurements and log records.
+//! Telemetry API events → OpenTelemetry spans, metric measurements and log records: the state
+//! kept between events and what each event does with it. The records' types are in [`schema`],
+//! the instruments in [`instruments`], span and log building in [`spans`] and [`logs`].
 //!
-//! Platform events are replayed, not observed live, so spans are built as `SpanData` values with
-//! the platform's own timestamps and the trace context of the X-Ray header. State is kept per
-//! request id, so events split across POSTs or thaws (start and runtimeDone in different batches,
-//! report in the next thaw) still make complete spans. Measurements go to SDK instruments and
-//! are aggregated by the SDK until the next collection.
+//! State is kept per request id, so events split across POSTs or thaws (start and runtimeDone in
+//! different batches, report in the next thaw) still make complete spans, with the trace context
+//! of the X-Ray header.
+//!
+//! [`schema`]: super::schema
+//! [`instruments`]: super::instruments
+//! [`spans`]: super::spans
+//! [`logs`]: super::logs
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
-use opentelemetry::trace::{
-    Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::logs::LogRecord as _;
+use opentelemetry::metrics::Meter;
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags, TraceId};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
-use serde::Deserialize;
+use opentelemetry_sdk::trace::{SpanData, SpanLinks};
 
 use super::config::Pricing;
+use super::instruments::Instruments;
+use super::logs;
+use super::schema::{
+    is_error_status, merge, ms, parse_time, typed, LogsDroppedRecord, PhaseRecord, ReportRecord,
+    RuntimeDoneRecord, StartRecord, TracingRecord,
+};
+use super::spans::{link_to_init, random_span_id, random_trace_id, Span};
 use super::xray;
 use crate::event::{Event, EventKind};
 use crate::pipeline::InvokeInfo;
 
-/// Bucket advice of the OTel FaaS conventions for durations, in seconds.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-const MIB: f64 = 1024.0 * 1024.0;
-/// Lambda memory sizes (128 MB to 10 GB), in bytes.
-const MEMORY_BUCKETS_MIB: [f64; 11] = [
-    64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 3072.0, 4096.0, 6144.0, 8192.0, 10240.0,
-];
-const UTILISATION_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
-const PRODUCED_BYTES_BUCKETS: [f64; 8] = [
-    1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 6291456.0, 20971520.0,
-];
-/// Attributes of the metric data points (except `faas.errors`, which carries `error.type`).
-/// None: the only candidate, `faas.trigger`, is always "other" (the Telemetry API does not say
-/// what triggered an invocation), so it would split nothing, and an empty attribute set takes
-/// the SDK's cheapest path (fewer instructions per invocation: 11 % with thin LTO, 1.4 % with the
-/// fat LTO now used; BENCHMARKS.md).
-const NO_ATTRIBUTES: &[KeyValue] = &[];
 /// Invocations remembered while waiting for their later events; far more than can be in
 /// flight, since an execution environment runs one invocation at a time.
 const MAX_OPEN_INVOCATIONS: usize = 256;
-
-/// The metric instruments, named after the OTel FaaS conventions and `aws.lambda.*` beyond them.
-pub struct Instruments {
-    invoke_duration: Histogram<f64>,
-    init_duration: Histogram<f64>,
-    mem_usage: Histogram<f64>,
-    invocations: Counter<u64>,
-    coldstarts: Counter<u64>,
-    errors: Counter<u64>,
-    timeouts: Counter<u64>,
-    billed_duration: Histogram<f64>,
-    memory_size: Gauge<u64>,
-    memory_utilization: Histogram<f64>,
-    response_latency: Histogram<f64>,
-    response_duration: Histogram<f64>,
-    runtime_overhead: Histogram<f64>,
-    post_runtime_extensions_duration: Histogram<f64>,
-    produced_bytes: Histogram<f64>,
-    restore_duration: Histogram<f64>,
-    logs_dropped_records: Counter<u64>,
-    logs_dropped_bytes: Counter<u64>,
-    out_of_memory: Counter<u64>,
-    estimated_cost: Counter<f64>,
-}
-
-impl Instruments {
-    pub fn new(meter: &Meter) -> Instruments {
-        let seconds = |name: &'static str, description: &'static str| {
-            meter
-                .f64_histogram(name)
-                .with_unit("s")
-                .with_description(description)
-                .with_boundaries(DURATION_BUCKETS.to_vec())
-                .build()
-        };
-        Instruments {
-            invoke_duration: seconds(
-                "faas.invoke_duration",
-                "Duration of the function's handler (runtimeDone durationMs)",
-            ),
-            init_duration: seconds("faas.init_duration", "Duration of the init phase"),
-            mem_usage: meter
-                .f64_histogram("faas.mem_usage")
-                .with_unit("By")
-                .with_description("Max memory used per invocation")
-                .with_boundaries(MEMORY_BUCKETS_MIB.iter().map(|m| m * MIB).collect())
-                .build(),
-            invocations: meter
-                .u64_counter("faas.invocations")
-                .with_unit("{invocation}")
-                .with_description("Successful invocations")
-                .build(),
-            coldstarts: meter
-                .u64_counter("faas.coldstarts")
-                .with_unit("{coldstart}")
-                .with_description("Invocations that started a new execution environment")
-                .build(),
-            errors: meter
-                .u64_counter("faas.errors")
-                .with_unit("{error}")
-                .with_description("Invocations that ended with status error or failure")
-                .build(),
-            timeouts: meter
-                .u64_counter("faas.timeouts")
-                .with_unit("{timeout}")
-                .with_description("Invocations that timed out")
-                .build(),
-            billed_duration: seconds("aws.lambda.billed_duration", "Billed duration"),
-            memory_size: meter
-                .u64_gauge("aws.lambda.memory_size")
-                .with_unit("By")
-                .with_description("Configured memory size")
-                .build(),
-            memory_utilization: meter
-                .f64_histogram("aws.lambda.memory_utilization")
-                .with_unit("1")
-                .with_description("Max memory used / memory size")
-                .with_boundaries(UTILISATION_BUCKETS.to_vec())
-                .build(),
-            response_latency: seconds(
-                "aws.lambda.response_latency",
-                "runtimeDone responseLatency span",
-            ),
-            response_duration: seconds(
-                "aws.lambda.response_duration",
-                "runtimeDone responseDuration span",
-            ),
-            runtime_overhead: seconds(
-                "aws.lambda.runtime_overhead",
-                "runtimeDone runtimeOverhead span",
-            ),
-            post_runtime_extensions_duration: seconds(
-                "aws.lambda.post_runtime_extensions_duration",
-                "Time extensions kept the invocation open after the runtime finished",
-            ),
-            produced_bytes: meter
-                .f64_histogram("aws.lambda.produced_bytes")
-                .with_unit("By")
-                .with_description("Bytes of the function's response")
-                .with_boundaries(PRODUCED_BYTES_BUCKETS.to_vec())
-                .build(),
-            restore_duration: seconds("aws.lambda.restore_duration", "SnapStart restore duration"),
-            logs_dropped_records: meter
-                .u64_counter("aws.lambda.logs_dropped.records")
-                .with_unit("{record}")
-                .with_description("Log records Lambda dropped (platform.logsDropped)")
-                .build(),
-            logs_dropped_bytes: meter
-                .u64_counter("aws.lambda.logs_dropped.bytes")
-                .with_unit("By")
-                .with_description("Log bytes Lambda dropped (platform.logsDropped)")
-                .build(),
-            out_of_memory: meter
-                .u64_counter("aws.lambda.out_of_memory")
-                .with_unit("{invocation}")
-                .with_description("Invocations that ran out of memory")
-                .build(),
-            estimated_cost: meter
-                .f64_counter("aws.lambda.estimated_cost")
-                .with_unit("USD")
-                .with_description("Estimated cost: GB-seconds billed × price + request price")
-                .build(),
-        }
-    }
-}
-
-// ---- the records, as the Telemetry API schema (2022-12-13) defines them ----
-
-/// An event whose record is parsed straight into its schema type: one pass over the bytes.
-#[derive(Deserialize)]
-struct Typed<'a, R> {
-    #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
-    record: R,
-}
-
-/// The event's time (when it has a valid one) and its record as `R`.
-fn typed<'a, R: Deserialize<'a>>(raw: &'a [u8]) -> Option<(Option<SystemTime>, R)> {
-    let event: Typed<'a, R> = serde_json::from_slice(raw).ok()?;
-    Some((event.time.as_deref().and_then(parse_time), event.record))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct TracingRecord {
-    span_id: Option<String>,
-    value: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StartRecord {
-    request_id: String,
-    version: Option<String>,
-    tracing: Option<TracingRecord>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PhaseSpanRecord {
-    name: String,
-    start: String,
-    duration_ms: f64,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RuntimeDoneMetrics {
-    duration_ms: Option<f64>,
-    produced_bytes: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RuntimeDoneRecord {
-    request_id: String,
-    status: String,
-    error_type: Option<String>,
-    #[serde(default)]
-    metrics: RuntimeDoneMetrics,
-    #[serde(default)]
-    spans: Vec<PhaseSpanRecord>,
-    tracing: Option<TracingRecord>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ReportMetrics {
-    duration_ms: Option<f64>,
-    billed_duration_ms: Option<f64>,
-    #[serde(rename = "memorySizeMB")]
-    memory_size_mb: Option<u64>,
-    #[serde(rename = "maxMemoryUsedMB")]
-    max_memory_used_mb: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReportRecord {
-    request_id: String,
-    status: String,
-    error_type: Option<String>,
-    #[serde(default)]
-    metrics: ReportMetrics,
-    tracing: Option<TracingRecord>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PhaseRecord {
-    initialization_type: Option<String>,
-    phase: Option<String>,
-    runtime_version: Option<String>,
-    runtime_version_arn: Option<String>,
-    status: Option<String>,
-    error_type: Option<String>,
-    metrics: Option<PhaseMetrics>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PhaseMetrics {
-    duration_ms: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LogsDroppedRecord {
-    dropped_records: Option<u64>,
-    dropped_bytes: Option<u64>,
-}
 
 // ---- state ----
 
@@ -337,33 +95,6 @@ pub struct Mapper {
     /// Events whose record did not match the schema (passed on by other sinks anyway).
     pub unmappable: u64,
     out: Mapped,
-}
-
-fn random_trace_id() -> TraceId {
-    TraceId::from_bytes(fastrand::u128(1..).to_be_bytes())
-}
-
-fn random_span_id() -> SpanId {
-    SpanId::from_bytes(fastrand::u64(1..).to_be_bytes())
-}
-
-/// RFC 3339 (Lambda writes `2022-10-12T00:03:50.000Z`).
-pub fn parse_time(text: &str) -> Option<SystemTime> {
-    let text = text.trim();
-    humantime::parse_rfc3339(text).ok().or_else(|| {
-        let utc = text.strip_suffix("+00:00")?;
-        humantime::parse_rfc3339(&format!("{utc}Z")).ok()
-    })
-}
-
-/// A duration from the platform's milliseconds; negative, NaN or absurd values (beyond what a
-/// `Duration` holds) become zero rather than a panic: one bad field costs only its own number.
-fn ms(duration_ms: f64) -> Duration {
-    Duration::try_from_secs_f64(duration_ms.max(0.0) / 1000.0).unwrap_or_default()
-}
-
-fn is_error_status(status: &str) -> bool {
-    status != "success"
 }
 
 impl Mapper {
@@ -458,12 +189,7 @@ impl Mapper {
                 let (time, record) = typed::<PhaseRecord>(raw)?;
                 let restore = event.kind() == EventKind::RestoreReport;
                 if let Some(d) = record.metrics.as_ref().and_then(|m| m.duration_ms) {
-                    let histogram = if restore {
-                        &self.instruments.restore_duration
-                    } else {
-                        &self.instruments.init_duration
-                    };
-                    histogram.record(d / 1000.0, NO_ATTRIBUTES);
+                    self.instruments.record_phase_report(restore, d);
                 }
                 let phase = self.phase(event.kind());
                 merge(&mut phase.record, record);
@@ -472,12 +198,7 @@ impl Mapper {
             }
             EventKind::LogsDropped => {
                 let (_, record) = typed::<LogsDroppedRecord>(raw)?;
-                self.instruments
-                    .logs_dropped_records
-                    .add(record.dropped_records.unwrap_or(0), NO_ATTRIBUTES);
-                self.instruments
-                    .logs_dropped_bytes
-                    .add(record.dropped_bytes.unwrap_or(0), NO_ATTRIBUTES);
+                self.instruments.record_logs_dropped(&record);
             }
             // With logs export off there is nothing to build, so nothing is parsed.
             EventKind::FunctionLog | EventKind::ExtensionLog if self.logger.is_some() => {
@@ -520,7 +241,7 @@ impl Mapper {
                 && self.init.record.initialization_type.as_deref()
                     != Some("provisioned-concurrency");
             if coldstart {
-                self.instruments.coldstarts.add(1, NO_ATTRIBUTES);
+                self.instruments.record_coldstart();
             }
             self.arrival.push_back(request_id.to_string());
             self.invocations.insert(
@@ -552,40 +273,7 @@ impl Mapper {
     }
 
     fn on_runtime_done(&mut self, record: RuntimeDoneRecord, time: SystemTime) {
-        let instruments = &self.instruments;
-        if let Some(d) = record.metrics.duration_ms {
-            instruments
-                .invoke_duration
-                .record(d / 1000.0, NO_ATTRIBUTES);
-        }
-        if let Some(bytes) = record.metrics.produced_bytes {
-            instruments
-                .produced_bytes
-                .record(bytes as f64, NO_ATTRIBUTES);
-        }
-        match record.status.as_str() {
-            "success" => instruments.invocations.add(1, NO_ATTRIBUTES),
-            "timeout" => instruments.timeouts.add(1, NO_ATTRIBUTES),
-            _ => instruments.errors.add(
-                1,
-                &[KeyValue::new(
-                    "error.type",
-                    record
-                        .error_type
-                        .clone()
-                        .unwrap_or_else(|| record.status.clone()),
-                )],
-            ),
-        }
-        for span in &record.spans {
-            let histogram = match span.name.as_str() {
-                "responseLatency" => &instruments.response_latency,
-                "responseDuration" => &instruments.response_duration,
-                "runtimeOverhead" => &instruments.runtime_overhead,
-                _ => continue,
-            };
-            histogram.record(span.duration_ms / 1000.0, NO_ATTRIBUTES);
-        }
+        self.instruments.record_runtime_done(&record);
         if self.current.as_deref() == Some(record.request_id.as_str()) {
             self.current = None;
         }
@@ -614,14 +302,15 @@ impl Mapper {
             let Some(phase_start) = parse_time(&phase.start) else {
                 continue;
             };
-            self.out.spans.push(self.child_span(
+            let child = Span::child(
                 (trace_id, flags),
                 span_id,
                 phase.name.clone(),
                 phase_start,
                 phase_start + ms(phase.duration_ms),
                 Vec::new(),
-            ));
+            );
+            self.out.spans.push(child.build(&self.scope));
         }
     }
 
@@ -658,111 +347,29 @@ impl Mapper {
         } else {
             Status::Unset
         };
-        let mut links = SpanLinks::default();
-        if invocation.coldstart {
-            if let Some((trace_id, span_id)) = self.init.ids.or(self.restore.ids) {
-                links.links.push(Link::new(
-                    SpanContext::new(
-                        trace_id,
-                        span_id,
-                        TraceFlags::SAMPLED,
-                        false,
-                        TraceState::default(),
-                    ),
-                    vec![KeyValue::new("aws.lambda.link", "init")],
-                    0,
-                ));
-            }
-        }
-        Some(SpanData {
-            span_context: SpanContext::new(
-                invocation.trace_id,
-                invocation.span_id,
-                invocation.flags,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: invocation.parent.unwrap_or(SpanId::INVALID),
-            parent_span_is_remote: invocation.parent.is_some(),
-            span_kind: SpanKind::Server,
+        let links = match (invocation.coldstart, self.init.ids.or(self.restore.ids)) {
+            (true, Some(init)) => link_to_init(init),
+            _ => SpanLinks::default(),
+        };
+        let span = Span {
+            trace_id: invocation.trace_id,
+            span_id: invocation.span_id,
+            flags: invocation.flags,
+            parent: invocation.parent.map(|parent| (parent, true)),
+            kind: SpanKind::Server,
             name: self.function_name.clone().into(),
-            start_time: start,
-            end_time: end.max(start),
+            start,
+            end,
             attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
             links,
             status,
-            instrumentation_scope: self.scope.clone(),
-        })
-    }
-
-    fn child_span(
-        &self,
-        (trace_id, flags): (TraceId, TraceFlags),
-        parent: SpanId,
-        name: String,
-        start: SystemTime,
-        end: SystemTime,
-        attributes: Vec<KeyValue>,
-    ) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                random_span_id(),
-                flags,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: parent,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: name.into(),
-            start_time: start,
-            end_time: end.max(start),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: self.scope.clone(),
-        }
+        };
+        Some(span.build(&self.scope))
     }
 
     fn on_report(&mut self, record: ReportRecord, time: SystemTime) {
-        let m = &record.metrics;
-        let instruments = &self.instruments;
-        if let Some(used) = m.max_memory_used_mb {
-            instruments
-                .mem_usage
-                .record(used as f64 * MIB, NO_ATTRIBUTES);
-        }
-        if let Some(size) = m.memory_size_mb {
-            instruments
-                .memory_size
-                .record(size * 1024 * 1024, NO_ATTRIBUTES);
-            if let (Some(used), true) = (m.max_memory_used_mb, size > 0) {
-                instruments
-                    .memory_utilization
-                    .record(used as f64 / size as f64, NO_ATTRIBUTES);
-            }
-        }
-        if let Some(billed) = m.billed_duration_ms {
-            instruments
-                .billed_duration
-                .record(billed / 1000.0, NO_ATTRIBUTES);
-            let gb = m.memory_size_mb.unwrap_or(0) as f64 / 1024.0;
-            let cost = billed / 1000.0 * gb * self.pricing.per_gb_second + self.pricing.per_request;
-            instruments.estimated_cost.add(cost, NO_ATTRIBUTES);
-        }
-        let oom = record.error_type.as_deref() == Some("Runtime.OutOfMemory")
-            || (is_error_status(&record.status)
-                && m.max_memory_used_mb.is_some()
-                && m.max_memory_used_mb == m.memory_size_mb);
-        if oom {
-            instruments.out_of_memory.add(1, NO_ATTRIBUTES);
-        }
-        let total_ms = m.duration_ms;
+        self.instruments.record_report(&record, &self.pricing);
+        let total_ms = record.metrics.duration_ms;
         let known = self.invocations.contains_key(&record.request_id);
         let invocation = self.invocation(&record.request_id, record.tracing.as_ref());
         let (ended_at, runtime_ms) = (invocation.ended_at, invocation.runtime_duration_ms);
@@ -773,17 +380,16 @@ impl Mapper {
                 // What the report adds beyond runtimeDone is the extensions' post-runtime time.
                 if let (Some(total), Some(runtime)) = (total_ms, runtime_ms) {
                     let overhead = (total - runtime).max(0.0);
-                    self.instruments
-                        .post_runtime_extensions_duration
-                        .record(overhead / 1000.0, NO_ATTRIBUTES);
-                    self.out.spans.push(self.child_span(
+                    self.instruments.record_post_runtime(overhead);
+                    let child = Span::child(
                         (trace_id, flags),
                         span_id,
                         "extensionOverhead".into(),
                         runtime_end,
                         runtime_end + ms(overhead),
                         vec![KeyValue::new("aws.lambda.report.duration_ms", total)],
-                    ));
+                    );
+                    self.out.spans.push(child.build(&self.scope));
                 }
             }
             None => {
@@ -874,79 +480,27 @@ impl Mapper {
         } else {
             format!("{function_name} init")
         };
-        self.out.spans.push(SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Server,
+        let span = Span {
+            trace_id,
+            span_id,
+            flags: TraceFlags::SAMPLED,
+            parent: None,
+            kind: SpanKind::Server,
             name: name.into(),
-            start_time: start,
-            end_time: end.max(start),
+            start,
+            end,
             attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
             links: SpanLinks::default(),
             status,
-            instrumentation_scope: scope,
-        });
+        };
+        self.out.spans.push(span.build(&scope));
     }
 
     fn on_log(&mut self, kind: EventKind, record: serde_json::Value, time: Option<SystemTime>) {
         let Some(logger) = &self.logger else {
             return;
         };
-        let mut log = logger.create_log_record();
-        let mut timestamp = time;
-        let mut request_id = None;
-        match record {
-            serde_json::Value::String(text) => log.set_body(AnyValue::from(text)),
-            serde_json::Value::Object(fields) => {
-                let mut body = None;
-                for (key, value) in fields {
-                    match (key.as_str(), value) {
-                        ("message" | "msg", serde_json::Value::String(m)) if body.is_none() => {
-                            body = Some(m)
-                        }
-                        ("level", serde_json::Value::String(level)) => {
-                            let (number, text) = severity(&level);
-                            log.set_severity_number(number);
-                            log.set_severity_text(text);
-                        }
-                        ("timestamp", serde_json::Value::String(ts)) => {
-                            if let Some(t) = parse_time(&ts) {
-                                timestamp = Some(t);
-                            }
-                        }
-                        ("requestId", serde_json::Value::String(id)) => {
-                            log.add_attribute("faas.invocation_id", id.clone());
-                            request_id = Some(id);
-                        }
-                        (_, value) => log.add_attribute(key, json_to_any(value)),
-                    }
-                }
-                log.set_body(AnyValue::from(body.unwrap_or_default()));
-            }
-            other => log.set_body(AnyValue::from(other.to_string())),
-        }
-        // The OTLP encoder requires an observed time: an event without a usable `time` (absent,
-        // null, not RFC 3339) is observed now, so it costs its own timestamp and nothing else.
-        let observed = time.unwrap_or_else(SystemTime::now);
-        log.set_timestamp(timestamp.unwrap_or(observed));
-        log.set_observed_timestamp(observed);
-        log.add_attribute(
-            "aws.lambda.log.source",
-            if kind == EventKind::FunctionLog {
-                "function"
-            } else {
-                "extension"
-            },
-        );
+        let (mut log, request_id) = logs::log_record(logger, kind, record, time);
         let owner = request_id.or_else(|| self.current.clone());
         if let Some(invocation) = owner.as_deref().and_then(|r| self.invocations.get(r)) {
             log.set_trace_context(
@@ -998,52 +552,13 @@ impl Mapper {
     }
 }
 
-/// Fills fields of `into` that `from` knows (later events of a phase add to earlier ones).
-fn merge(into: &mut PhaseRecord, from: PhaseRecord) {
-    macro_rules! take {
-        ($($field:ident),*) => { $( if from.$field.is_some() { into.$field = from.$field; } )* };
-    }
-    take!(
-        initialization_type,
-        phase,
-        runtime_version,
-        runtime_version_arn,
-        status,
-        error_type,
-        metrics
-    );
-}
-
-fn severity(level: &str) -> (Severity, &'static str) {
-    match level.to_ascii_uppercase().as_str() {
-        "TRACE" => (Severity::Trace, "TRACE"),
-        "DEBUG" => (Severity::Debug, "DEBUG"),
-        "INFO" => (Severity::Info, "INFO"),
-        "WARN" | "WARNING" => (Severity::Warn, "WARN"),
-        "ERROR" => (Severity::Error, "ERROR"),
-        "FATAL" | "CRITICAL" => (Severity::Fatal, "FATAL"),
-        _ => (Severity::Info, "INFO"),
-    }
-}
-
-fn json_to_any(value: serde_json::Value) -> AnyValue {
-    match value {
-        serde_json::Value::String(s) => AnyValue::from(s),
-        serde_json::Value::Bool(b) => AnyValue::from(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => AnyValue::from(i),
-            None => AnyValue::from(n.as_f64().unwrap_or(0.0)),
-        },
-        other => AnyValue::from(other.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
     use opentelemetry::metrics::MeterProvider as _;
     use opentelemetry_sdk::metrics::SdkMeterProvider;
+    use std::time::Duration;
 
     fn mapper() -> Mapper {
         let provider = SdkMeterProvider::builder().build();

@@ -6,7 +6,11 @@
 //! The opentelemetry-otlp exporters encode; [`transport`] sends within the flush deadline.
 
 pub mod config;
+mod instruments;
+mod logs;
 pub mod mapping;
+mod schema;
+mod spans;
 pub mod transport;
 pub mod xray;
 

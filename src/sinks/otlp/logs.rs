@@ -1,0 +1,91 @@
+//! Building log records: a function or extension log line (text, or a JSON record) as an OTLP
+//! log record with its body, severity, time and fields.
+
+use std::time::SystemTime;
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
+
+use super::schema::parse_time;
+use crate::event::EventKind;
+
+/// The log record, and the `requestId` the record names (if any), which joins it to its
+/// invocation's trace.
+pub(super) fn log_record(
+    logger: &SdkLogger,
+    kind: EventKind,
+    record: serde_json::Value,
+    time: Option<SystemTime>,
+) -> (SdkLogRecord, Option<String>) {
+    let mut log = logger.create_log_record();
+    let mut timestamp = time;
+    let mut request_id = None;
+    match record {
+        serde_json::Value::String(text) => log.set_body(AnyValue::from(text)),
+        serde_json::Value::Object(fields) => {
+            let mut body = None;
+            for (key, value) in fields {
+                match (key.as_str(), value) {
+                    ("message" | "msg", serde_json::Value::String(m)) if body.is_none() => {
+                        body = Some(m)
+                    }
+                    ("level", serde_json::Value::String(level)) => {
+                        let (number, text) = severity(&level);
+                        log.set_severity_number(number);
+                        log.set_severity_text(text);
+                    }
+                    ("timestamp", serde_json::Value::String(ts)) => {
+                        if let Some(t) = parse_time(&ts) {
+                            timestamp = Some(t);
+                        }
+                    }
+                    ("requestId", serde_json::Value::String(id)) => {
+                        log.add_attribute("faas.invocation_id", id.clone());
+                        request_id = Some(id);
+                    }
+                    (_, value) => log.add_attribute(key, json_to_any(value)),
+                }
+            }
+            log.set_body(AnyValue::from(body.unwrap_or_default()));
+        }
+        other => log.set_body(AnyValue::from(other.to_string())),
+    }
+    // The OTLP encoder requires an observed time: an event without a usable `time` (absent,
+    // null, not RFC 3339) is observed now, so it costs its own timestamp and nothing else.
+    let observed = time.unwrap_or_else(SystemTime::now);
+    log.set_timestamp(timestamp.unwrap_or(observed));
+    log.set_observed_timestamp(observed);
+    log.add_attribute(
+        "aws.lambda.log.source",
+        if kind == EventKind::FunctionLog {
+            "function"
+        } else {
+            "extension"
+        },
+    );
+    (log, request_id)
+}
+
+fn severity(level: &str) -> (Severity, &'static str) {
+    match level.to_ascii_uppercase().as_str() {
+        "TRACE" => (Severity::Trace, "TRACE"),
+        "DEBUG" => (Severity::Debug, "DEBUG"),
+        "INFO" => (Severity::Info, "INFO"),
+        "WARN" | "WARNING" => (Severity::Warn, "WARN"),
+        "ERROR" => (Severity::Error, "ERROR"),
+        "FATAL" | "CRITICAL" => (Severity::Fatal, "FATAL"),
+        _ => (Severity::Info, "INFO"),
+    }
+}
+
+fn json_to_any(value: serde_json::Value) -> AnyValue {
+    match value {
+        serde_json::Value::String(s) => AnyValue::from(s),
+        serde_json::Value::Bool(b) => AnyValue::from(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => AnyValue::from(i),
+            None => AnyValue::from(n.as_f64().unwrap_or(0.0)),
+        },
+        other => AnyValue::from(other.to_string()),
+    }
+}
