@@ -6,22 +6,23 @@
 //! The opentelemetry-otlp exporters encode; [`transport`] sends within the flush deadline.
 
 pub mod config;
+mod exporters;
 mod instruments;
 mod logs;
 pub mod mapping;
+pub mod resource;
 mod schema;
 mod spans;
 pub mod transport;
 pub mod xray;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Compression, Protocol, RetryPolicy, WithExportConfig, WithHttpConfig};
+use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -32,15 +33,15 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use tokio::time::Instant;
 
-use crate::config::lambda::LambdaEnv;
 use crate::event::Event;
 use crate::http::LazyClient;
-use crate::lifecycle::Registration;
 use crate::pipeline::{BoxFuture, CatchPanic, FlushContext, FlushReason, InvokeInfo, Sink};
 use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
-use config::{OtlpConfig, OtlpProtocol, SignalConfig, Temporality};
+use config::{OtlpConfig, Temporality};
+use exporters::Exporters;
 use mapping::Mapper;
-use transport::{DeadlineClient, Outcome, SharedClient};
+pub use resource::{build_resource, FunctionIdentity};
+use transport::Outcome;
 
 /// Sink labels of the self-metrics, one per signal.
 const TRACES: SinkLabel = SinkLabel::OtlpTraces;
@@ -55,89 +56,6 @@ const MAX_PENDING_METRICS: usize = 32;
 /// Per OTLP request.
 const MAX_SPANS_PER_EXPORT: usize = 2_000;
 const MAX_LOGS_PER_EXPORT: usize = 2_000;
-
-/// Everything the resource is made of, from the environment and registration.
-#[derive(Debug, Clone, Default)]
-pub struct FunctionIdentity {
-    pub function_name: Option<String>,
-    pub function_version: Option<String>,
-    pub region: Option<String>,
-    pub account_id: Option<String>,
-    pub log_stream: Option<String>,
-    pub log_group: Option<String>,
-    pub memory_mb: Option<u64>,
-}
-
-impl FunctionIdentity {
-    /// What registration said, completed by the environment's `AWS_*` variables.
-    pub fn new(registration: &Registration, lambda: &LambdaEnv) -> FunctionIdentity {
-        FunctionIdentity {
-            function_name: registration
-                .function_name
-                .clone()
-                .or_else(|| lambda.function_name.clone()),
-            function_version: registration
-                .function_version
-                .clone()
-                .or_else(|| lambda.function_version.clone()),
-            region: lambda.region.clone(),
-            account_id: registration.account_id.clone(),
-            log_stream: lambda.log_stream.clone(),
-            log_group: lambda.log_group.clone(),
-            memory_mb: lambda.memory_mb,
-        }
-    }
-}
-
-/// The OTel resource: FaaS conventions, then `OTEL_RESOURCE_ATTRIBUTES`, then `service.name`.
-pub fn build_resource(identity: &FunctionIdentity, config: &OtlpConfig) -> Resource {
-    let mut attributes = vec![
-        KeyValue::new("cloud.provider", "aws"),
-        KeyValue::new("cloud.platform", "aws_lambda"),
-    ];
-    let mut add = |key: &'static str, value: &Option<String>| {
-        if let Some(v) = value {
-            attributes.push(KeyValue::new(key, v.clone()));
-        }
-    };
-    add("cloud.region", &identity.region);
-    add("cloud.account.id", &identity.account_id);
-    add("faas.name", &identity.function_name);
-    add("faas.version", &identity.function_version);
-    add("faas.instance", &identity.log_stream);
-    if let Some(group) = &identity.log_group {
-        attributes.push(KeyValue::new(
-            "aws.log.group.names",
-            opentelemetry::Value::Array(
-                vec![opentelemetry::StringValue::from(group.clone())].into(),
-            ),
-        ));
-    }
-    if let Some(mb) = identity.memory_mb {
-        attributes.push(KeyValue::new("faas.max_memory", (mb * 1024 * 1024) as i64));
-    }
-    let from_env = config
-        .resource_attributes
-        .iter()
-        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
-    let service_name = config
-        .service_name
-        .clone()
-        .or_else(|| {
-            config
-                .resource_attributes
-                .iter()
-                .find(|(k, _)| k == "service.name")
-                .map(|(_, v)| v.clone())
-        })
-        .or_else(|| identity.function_name.clone())
-        .unwrap_or_else(|| "unknown_service".into());
-    Resource::builder_empty()
-        .with_attributes(attributes)
-        .with_attributes(from_env)
-        .with_service_name(service_name)
-        .build()
-}
 
 /// Shares the SDK's manual reader between the meter provider and the flush path.
 #[derive(Debug, Clone)]
@@ -159,12 +77,6 @@ impl MetricReader for SharedReader {
     fn temporality(&self, kind: InstrumentKind) -> opentelemetry_sdk::metrics::Temporality {
         self.0.temporality(kind)
     }
-}
-
-struct Exporters {
-    traces: Option<(opentelemetry_otlp::SpanExporter, Arc<DeadlineClient>)>,
-    metrics: Option<(opentelemetry_otlp::MetricExporter, Arc<DeadlineClient>)>,
-    logs: Option<(opentelemetry_otlp::LogExporter, Arc<DeadlineClient>)>,
 }
 
 /// The OTLP sink. Its SDK state (resource, meter and logger providers, instruments, exporters)
@@ -279,123 +191,9 @@ impl OtlpState {
 
     fn exporters(&self) -> Result<&Exporters, &str> {
         self.exporters
-            .get_or_init(|| self.build_exporters())
+            .get_or_init(|| Exporters::build(&self.config, &self.resource, &self.http))
             .as_ref()
             .map_err(|e| e.as_str())
-    }
-
-    fn build_exporters(&self) -> Result<Exporters, String> {
-        fn http_config<B: WithHttpConfig + WithExportConfig>(
-            builder: B,
-            signal: &SignalConfig,
-            http: &Arc<LazyClient>,
-            sink: SinkLabel,
-        ) -> (B, Arc<DeadlineClient>) {
-            let client = DeadlineClient::new(http.clone(), signal, sink);
-            let headers: HashMap<String, String> = signal.headers.iter().cloned().collect();
-            let builder = builder
-                .with_endpoint(signal.endpoint.as_str())
-                .with_protocol(match signal.protocol {
-                    OtlpProtocol::HttpJson => Protocol::HttpJson,
-                    _ => Protocol::HttpBinary,
-                })
-                .with_timeout(signal.timeout)
-                .with_headers(headers)
-                .with_retry_policy(RetryPolicy::disabled())
-                .with_http_client(SharedClient(client.clone()));
-            let builder = if signal.gzip {
-                builder.with_compression(Compression::Gzip)
-            } else {
-                builder
-            };
-            (builder, client)
-        }
-        /// gRPC (tonic): the exporter's own channel; the flush deadline still bounds it (the
-        /// pipeline abandons a flush at its deadline), but failures cannot be told apart, so every
-        /// failed batch is kept for the next flush.
-        #[cfg(feature = "grpc")]
-        fn tonic_config<B: opentelemetry_otlp::WithTonicConfig + WithExportConfig>(
-            builder: B,
-            signal: &SignalConfig,
-        ) -> Result<B, String> {
-            let headers = crate::http::header_map(&signal.headers, "OTEL_EXPORTER_OTLP_HEADERS")
-                .map_err(|e| e.to_string())?;
-            let builder = builder
-                .with_endpoint(signal.endpoint.as_str())
-                .with_protocol(Protocol::Grpc)
-                .with_timeout(signal.timeout)
-                .with_metadata(
-                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers),
-                );
-            Ok(if signal.gzip {
-                builder.with_compression(Compression::Gzip)
-            } else {
-                builder
-            })
-        }
-        for (configured, sink) in [
-            (self.config.traces.is_some(), TRACES),
-            (self.config.metrics.is_some(), METRIC_SINK),
-            (self.config.logs.is_some(), LOGS),
-        ] {
-            if configured {
-                METRICS.init_sink(sink);
-            }
-        }
-        let temporality = match self.config.temporality {
-            Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
-            Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
-        };
-        // One arm per transport; the builders differ in type, hence the macro.
-        macro_rules! exporter {
-            ($signal:expr, $sink:expr, $what:literal, $builder:expr $(, $extra:ident($arg:expr))?) => {
-                match $signal {
-                    None => None,
-                    #[cfg(feature = "grpc")]
-                    Some(signal) if signal.protocol == OtlpProtocol::Grpc => {
-                        let builder = tonic_config($builder.with_tonic() $(.$extra($arg))?, signal)?;
-                        let exporter = builder.build().map_err(|e| format!("{} exporter: {e}", $what))?;
-                        Some((exporter, DeadlineClient::new(self.http.clone(), signal, $sink)))
-                    }
-                    Some(signal) => {
-                        let (builder, client) =
-                            http_config($builder.with_http() $(.$extra($arg))?, signal, &self.http, $sink);
-                        let exporter = builder.build().map_err(|e| format!("{} exporter: {e}", $what))?;
-                        Some((exporter, client))
-                    }
-                }
-            };
-        }
-        let mut traces = exporter!(
-            &self.config.traces,
-            TRACES,
-            "traces",
-            opentelemetry_otlp::SpanExporter::builder()
-        );
-        if let Some((exporter, _)) = &mut traces {
-            exporter.set_resource(&self.resource);
-        }
-        let metrics = exporter!(
-            &self.config.metrics,
-            METRIC_SINK,
-            "metrics",
-            opentelemetry_otlp::MetricExporter::builder(),
-            with_temporality(temporality)
-        );
-        let mut logs = exporter!(
-            &self.config.logs,
-            LOGS,
-            "logs",
-            opentelemetry_otlp::LogExporter::builder()
-        );
-        if let Some((exporter, _)) = &mut logs {
-            exporter.set_resource(&self.resource);
-        }
-        Ok(Exporters {
-            traces,
-            metrics,
-            logs,
-        })
     }
 
     /// Maps the new events; at shutdown also closes what never ended.
