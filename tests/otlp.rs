@@ -7,15 +7,12 @@ use std::collections::HashMap;
 
 use common::otlp::{attr_bool, attr_int, attr_str};
 use common::*;
+use lambda_sim::otlp_receiver::hex;
 use lambda_sim::{Behaviour, RecordingEndpoint, SimReport};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric, Metric};
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
 use serde_json::Value;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 async fn run_with_collector(
     invocations: usize,

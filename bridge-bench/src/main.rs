@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use lambda_sim::stats::{median, percentile};
 use lambda_sim::{self as sim, otlp_receiver, Behaviour, RecordingEndpoint, SimConfig};
 use serde_json::value::RawValue;
 
@@ -188,30 +189,6 @@ fn loadavg() -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn median(v: &[f64]) -> Option<f64> {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-fn percentile(v: &[f64], p: f64) -> Option<f64> {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v.get(rank.min(v.len() - 1)).copied()
 }
 
 /// The endpoints a bridge run exports to.
@@ -671,214 +648,254 @@ fn med(v: &[Option<f64>]) -> Option<f64> {
     median(&v.iter().flatten().copied().collect::<Vec<_>>())
 }
 
-fn build_rows(args: &Args, res: &Results, sizes: (u64, u64, u64, u64)) -> Vec<Row> {
-    let mib = 1024.0 * 1024.0;
-    let mut rows = Vec::new();
-    let mut add = |figure: String,
-                   (b, f): (Vec<Option<f64>>, Vec<Option<f64>>),
-                   scale: f64,
-                   unit: &'static str,
-                   decimals: usize,
-                   budget: &str,
-                   check: &dyn Fn(f64, Option<f64>, Option<f64>) -> bool,
-                   floor_expected: bool| {
-        let b: Vec<Option<f64>> = b.iter().map(|x| x.map(|x| x * scale)).collect();
-        let f: Vec<Option<f64>> = f.iter().map(|x| x.map(|x| x * scale)).collect();
-        let pairs: Vec<(Option<f64>, Option<f64>)> =
-            b.iter().copied().zip(f.iter().copied()).collect();
-        let (bm, fm, ratio) = (med(&b), med(&f), ratio_of(&pairs));
-        rows.push(Row {
-            figure,
-            bridge: bm,
-            floor: fm,
-            ratio,
-            floor_expected,
-            budget: budget.to_string(),
-            pass: if args.quick || budget.starts_with('(') {
-                None
-            } else {
-                bm.map(|v| check(v, fm, ratio))
-            },
+/// How a figure is judged against its budget.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// Shown for reference, not judged.
+    Reference,
+    AtMost(f64),
+    AtLeast(f64),
+    /// At most this many times the floor's figure (same run).
+    TimesFloor(f64),
+    /// At most `max`, and at most `times` the floor's figure.
+    AtMostAndTimesFloor {
+        max: f64,
+        times: f64,
+    },
+    /// At most the floor's figure plus this.
+    FloorPlus(f64),
+}
+
+impl Check {
+    fn passes(self, value: f64, floor: Option<f64>, ratio: Option<f64>) -> bool {
+        match self {
+            Check::Reference => true,
+            Check::AtMost(max) => value <= max,
+            Check::AtLeast(min) => value >= min,
+            Check::TimesFloor(times) => ratio.is_some_and(|r| r <= times),
+            Check::AtMostAndTimesFloor { max, times } => {
+                value <= max && ratio.is_some_and(|r| r <= times)
+            }
+            Check::FloorPlus(extra) => floor.is_some_and(|f| value <= f + extra),
+        }
+    }
+}
+
+/// One figure of the table: the bridge's and the floor's value in each run, how it is shown
+/// (`scale` turns the measured unit into `unit`), and its budget as BENCHMARKS.md states it.
+struct Figure {
+    name: String,
+    values: (Vec<Option<f64>>, Vec<Option<f64>>),
+    scale: f64,
+    unit: &'static str,
+    decimals: usize,
+    budget: &'static str,
+    check: Check,
+}
+
+impl Figure {
+    fn new(
+        name: impl Into<String>,
+        values: (Vec<Option<f64>>, Vec<Option<f64>>),
+        unit: &'static str,
+        decimals: usize,
+    ) -> Figure {
+        Figure {
+            name: name.into(),
+            values,
+            scale: 1.0,
             unit,
             decimals,
-        });
-    };
-    let s = &res.standard;
-    add(
-        "cold start (spawn → first /event/next)".into(),
-        col(s, |x| x.cold_start_ms),
-        1.0,
-        "ms",
-        2,
-        "≤ 2× floor and ≤ 10 ms",
-        &|v, _, r| v <= 10.0 && r.is_some_and(|r| r <= 2.0),
-        true,
-    );
-    add(
-        "CPU to first /event/next".into(),
-        col(s, |x| x.cpu_start_ms),
-        1.0,
-        "ms",
-        2,
-        "≤ 2× floor",
-        &|_, _, r| r.is_some_and(|r| r <= 2.0),
-        true,
-    );
-    add(
-        "per-invoke overhead (runtimeDone delivered → /event/next), median".into(),
-        col(s, |x| x.overhead_ms),
-        1.0,
-        "ms",
-        3,
-        "≤ floor + 1 ms",
-        &|v, f, _| f.is_some_and(|f| v <= f + 1.0),
-        true,
-    );
-    add(
-        "per-invoke overhead, p99 of a run".into(),
-        col(s, |x| x.overhead_p99_ms),
-        1.0,
-        "ms",
-        3,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    add(
-        "per-invoke overhead, first invocation".into(),
-        col(s, |x| x.first_overhead_ms),
-        1.0,
-        "ms",
-        3,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    add(
-        "CPU per invocation (both sinks on)".into(),
-        col(s, |x| x.cpu_per_invoke_ms),
-        1.0,
-        "ms",
-        3,
-        "≤ 0.5 ms",
-        &|v, _, _| v <= 0.5,
-        true,
-    );
-    add(
-        format!("peak RSS after {} invocations", args.invocations),
-        col(s, |x| x.peak_rss_kib),
-        1.0 / 1024.0,
-        "MiB",
-        2,
-        "≤ 10 MiB",
-        &|v, _, _| v <= 10.0,
-        true,
-    );
-    if !args.skip_big {
-        let b = &res.big;
-        let big_label = if args.quick {
-            "small batches"
-        } else {
-            "1 MiB / 10,000-event batches"
+            budget: "(reference)",
+            check: Check::Reference,
+        }
+    }
+
+    fn scaled(mut self, scale: f64) -> Figure {
+        self.scale = scale;
+        self
+    }
+
+    fn budget(mut self, budget: &'static str, check: Check) -> Figure {
+        self.budget = budget;
+        self.check = check;
+        self
+    }
+
+    /// Medians over the runs, the ratio, and the verdict (none in quick mode).
+    fn row(self, quick: bool) -> Row {
+        let scale = |v: &[Option<f64>]| -> Vec<Option<f64>> {
+            v.iter().map(|x| x.map(|x| x * self.scale)).collect()
         };
-        add(
-            format!("peak RSS with {big_label}"),
-            col(b, |x| x.peak_rss_kib),
-            1.0 / 1024.0,
+        let (bridge, floor) = (scale(&self.values.0), scale(&self.values.1));
+        let pairs: Vec<(Option<f64>, Option<f64>)> =
+            bridge.iter().copied().zip(floor.iter().copied()).collect();
+        let (bridge, floor, ratio) = (med(&bridge), med(&floor), ratio_of(&pairs));
+        let judged = !quick && !matches!(self.check, Check::Reference);
+        Row {
+            figure: self.name,
+            bridge,
+            floor,
+            ratio,
+            floor_expected: true,
+            budget: self.budget.to_string(),
+            pass: judged
+                .then(|| bridge.map(|v| self.check.passes(v, floor, ratio)))
+                .flatten(),
+            unit: self.unit,
+            decimals: self.decimals,
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Start-up, per-invocation cost and memory over the standard runs.
+fn standard_figures(args: &Args, runs: &[(Standard, Standard)]) -> Vec<Figure> {
+    vec![
+        Figure::new(
+            "cold start (spawn → first /event/next)",
+            col(runs, |x| x.cold_start_ms),
+            "ms",
+            2,
+        )
+        .budget(
+            "≤ 2× floor and ≤ 10 ms",
+            Check::AtMostAndTimesFloor {
+                max: 10.0,
+                times: 2.0,
+            },
+        ),
+        Figure::new(
+            "CPU to first /event/next",
+            col(runs, |x| x.cpu_start_ms),
+            "ms",
+            2,
+        )
+        .budget("≤ 2× floor", Check::TimesFloor(2.0)),
+        Figure::new(
+            "per-invoke overhead (runtimeDone delivered → /event/next), median",
+            col(runs, |x| x.overhead_ms),
+            "ms",
+            3,
+        )
+        .budget("≤ floor + 1 ms", Check::FloorPlus(1.0)),
+        Figure::new(
+            "per-invoke overhead, p99 of a run",
+            col(runs, |x| x.overhead_p99_ms),
+            "ms",
+            3,
+        ),
+        Figure::new(
+            "per-invoke overhead, first invocation",
+            col(runs, |x| x.first_overhead_ms),
+            "ms",
+            3,
+        ),
+        Figure::new(
+            "CPU per invocation (both sinks on)",
+            col(runs, |x| x.cpu_per_invoke_ms),
+            "ms",
+            3,
+        )
+        .budget("≤ 0.5 ms", Check::AtMost(0.5)),
+        Figure::new(
+            format!("peak RSS after {} invocations", args.invocations),
+            col(runs, |x| x.peak_rss_kib),
             "MiB",
             2,
-            "≤ 48 MiB",
-            &|v, _, _| v <= 48.0,
-            true,
-        );
-        add(
-            "largest telemetry POST (events)".into(),
-            col(b, |x| x.batch_events),
-            1.0,
+        )
+        .scaled(1.0 / 1024.0)
+        .budget("≤ 10 MiB", Check::AtMost(10.0)),
+    ]
+}
+
+/// Memory and throughput with the largest batches Lambda sends.
+fn big_batch_figures(args: &Args, runs: &[(Big, Big)]) -> Vec<Figure> {
+    let label = if args.quick {
+        "small batches"
+    } else {
+        "1 MiB / 10,000-event batches"
+    };
+    vec![
+        Figure::new(
+            format!("peak RSS with {label}"),
+            col(runs, |x| x.peak_rss_kib),
+            "MiB",
+            2,
+        )
+        .scaled(1.0 / 1024.0)
+        .budget("≤ 48 MiB", Check::AtMost(48.0)),
+        Figure::new(
+            "largest telemetry POST (events)",
+            col(runs, |x| x.batch_events),
             "",
             0,
-            "(reference)",
-            &|_, _, _| true,
-            true,
-        );
-        add(
-            "largest telemetry POST (bytes)".into(),
-            col(b, |x| x.batch_bytes),
-            1.0 / mib,
+        ),
+        Figure::new(
+            "largest telemetry POST (bytes)",
+            col(runs, |x| x.batch_bytes),
             "MiB",
             2,
-            "(reference)",
-            &|_, _, _| true,
-            true,
-        );
-        add(
-            "throughput, events per CPU-second (listener → both sinks)".into(),
-            col(b, |x| x.events_per_cpu_s()),
-            1.0,
+        )
+        .scaled(1.0 / MIB),
+        Figure::new(
+            "throughput, events per CPU-second (listener → both sinks)",
+            col(runs, |x| x.events_per_cpu_s()),
             "ev/s",
             0,
-            "≥ 200,000 ev/s",
-            &|v, _, _| v >= 200_000.0,
-            true,
-        );
-        add(
-            "CPU per event".into(),
-            col(b, |x| x.cpu_us_per_event()),
-            1.0,
+        )
+        .budget("≥ 200,000 ev/s", Check::AtLeast(200_000.0)),
+        Figure::new(
+            "CPU per event",
+            col(runs, |x| x.cpu_us_per_event()),
             "µs",
             2,
-            "(reference)",
-            &|_, _, _| true,
-            true,
-        );
-        add(
-            "throughput, events per wall-second (incl. simulator)".into(),
-            col(b, |x| x.events_per_wall_s()),
-            1.0,
+        ),
+        Figure::new(
+            "throughput, events per wall-second (incl. simulator)",
+            col(runs, |x| x.events_per_wall_s()),
             "ev/s",
             0,
-            "(reference)",
-            &|_, _, _| true,
-            true,
-        );
-    }
+        ),
+    ]
+}
+
+/// What the layer weighs: (bridge binary, floor binary, bridge zip, floor zip), in bytes.
+fn size_figures(args: &Args, sizes: (u64, u64, u64, u64)) -> Vec<Figure> {
     let (bridge_size, floor_size, bridge_zip, floor_zip) = sizes;
-    let with_floor = |b: u64, f: u64| (vec![Some(b as f64)], vec![Some(f as f64)]);
-    add(
-        "binary size (stripped), bytes".into(),
-        with_floor(bridge_size, floor_size),
-        1.0,
-        "B",
-        0,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    add(
-        "binary size (stripped)".into(),
-        with_floor(bridge_size, floor_size),
-        1.0 / mib,
-        "MiB",
-        2,
-        "≤ 6 MiB",
-        &|v, _, _| v <= 6.0,
-        true,
-    );
-    add(
-        if args.quick {
-            "layer zip (quick mode: stored, not deflated)".into()
-        } else {
-            "layer zip (extension.zip, deflated)".into()
-        },
-        with_floor(bridge_zip, floor_zip),
-        1.0 / mib,
-        "MiB",
-        2,
-        "(reference)",
-        &|_, _, _| true,
-        true,
-    );
-    rows
+    let pair = |b: u64, f: u64| (vec![Some(b as f64)], vec![Some(f as f64)]);
+    let zip = if args.quick {
+        "layer zip (quick mode: stored, not deflated)"
+    } else {
+        "layer zip (extension.zip, deflated)"
+    };
+    vec![
+        Figure::new(
+            "binary size (stripped), bytes",
+            pair(bridge_size, floor_size),
+            "B",
+            0,
+        ),
+        Figure::new(
+            "binary size (stripped)",
+            pair(bridge_size, floor_size),
+            "MiB",
+            2,
+        )
+        .scaled(1.0 / MIB)
+        .budget("≤ 6 MiB", Check::AtMost(6.0)),
+        Figure::new(zip, pair(bridge_zip, floor_zip), "MiB", 2).scaled(1.0 / MIB),
+    ]
+}
+
+fn build_rows(args: &Args, res: &Results, sizes: (u64, u64, u64, u64)) -> Vec<Row> {
+    let mut figures = standard_figures(args, &res.standard);
+    if !args.skip_big {
+        figures.extend(big_batch_figures(args, &res.big));
+    }
+    figures.extend(size_figures(args, sizes));
+    figures.into_iter().map(|f| f.row(args.quick)).collect()
 }
 
 async fn run(args: Args) -> Result<bool, String> {
@@ -1016,15 +1033,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match lambda_sim::tool::runtime("bridge-bench") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bridge-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
@@ -1039,14 +1050,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 100.0), Some(5.0));
-    }
 
     #[test]
     fn quick_overrides_but_flags_win() {

@@ -223,7 +223,7 @@ fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {
         ),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",
-            format!("{date}/[$LATEST]{}", events::hex(32)),
+            format!("{date}/[$LATEST]{}", events::random_hex(32)),
         ),
         ("AWS_EXECUTION_ENV", "AWS_Lambda_nodejs20.x".to_string()),
         (
@@ -619,6 +619,9 @@ impl Driver {
 
     /// Runs the invocations. Returns the pending `/event/next` (if the extension is waiting) and
     /// the last invocation's report, which Lambda emits only after handing over SHUTDOWN.
+    /// Drives invocations until the limit or a stop; returns the extension's pending
+    /// `/event/next` (for SHUTDOWN) and the last invocation's report, which Lambda emits only
+    /// after handing over SHUTDOWN.
     async fn invocations(
         &mut self,
         first: PendingNext,
@@ -626,7 +629,6 @@ impl Driver {
         let mut pending = Some(first);
         let mut deferred = None;
         let mut errors_so_far = 0usize;
-        let function_timeout = Duration::from_millis(self.cfg.function_timeout_ms);
         let limit = self.cfg.invocations;
         let mut i = 0usize;
         while (limit == 0 || i < limit) && !self.stop_requested() {
@@ -637,132 +639,117 @@ impl Driver {
                 }
             }
             let Some(next) = pending.take() else { break };
-            let request_id = events::uuid();
-            let trace = self.cfg.xray.then(Trace::new);
             let (status, error_type) = self.outcome_for(i, errors_so_far);
             if status == "error" {
                 errors_so_far += 1;
             }
-
-            let start_sys = SystemTime::now();
-            self.emit(events::platform_start(
-                start_sys,
-                &request_id,
-                trace.as_ref(),
-            ));
-            self.thaw();
-            let invoked_at = Instant::now();
-            let invoke_sys = SystemTime::now();
-            let invoke = events::invoke(
-                events::epoch_ms(invoke_sys + function_timeout),
-                &request_id,
-                &self.cfg.function_name,
-                trace.as_ref(),
-            );
-            if next.reply.send(invoke).is_err() {
-                self.errors.push(format!(
-                    "invocation {i}: the extension's /event/next request was gone when INVOKE was handed over"
-                ));
+            let Some(done) = self.invocation(i, next, status, error_type).await else {
                 break;
-            }
-
-            // The runtime works, logging as it goes.
-            let target = if status == "timeout" {
-                function_timeout
-            } else {
-                vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5).min(function_timeout)
-            };
-            let lines = self.cfg.log_lines_per_invoke;
-            for k in 0..lines {
-                let at = invoked_at + target.mul_f64((k + 1) as f64 / (lines + 1) as f64);
-                tokio::time::sleep_until(at.into()).await;
-                self.emit(log_line(
-                    &request_id,
-                    k,
-                    lines,
-                    &status,
-                    error_type.as_deref(),
-                ));
-            }
-            if self
-                .cfg
-                .logs_dropped_every
-                .is_some_and(|n| n > 0 && (i + 1) % n == 0)
-            {
-                let records = 1 + fastrand::u64(..200);
-                let bytes = records * (80 + fastrand::u64(..120));
-                self.emit(events::logs_dropped(SystemTime::now(), records, bytes));
-            }
-            tokio::time::sleep_until((invoked_at + target).into()).await;
-            let runtime_duration = invoked_at.elapsed();
-            let outcome = RuntimeOutcome {
-                request_id: request_id.clone(),
-                status: status.clone(),
-                error_type: error_type.clone(),
-                start: invoke_sys,
-                duration: runtime_duration,
-                produced_bytes: match status.as_str() {
-                    "success" => 20 + fastrand::u64(..2000),
-                    _ => 80 + fastrand::u64(..200),
-                },
-                trace,
-            };
-            let done_sys = SystemTime::now();
-            self.emit(events::runtime_done(done_sys, &outcome));
-            let runtime_done_emitted = Instant::now();
-
-            // The extensions' turn: wait for the next /event/next.
-            let deadline = runtime_done_emitted + function_timeout + NEXT_SLACK;
-            let got = loop {
-                match self.wait(deadline).await {
-                    Waited::Msg(ControlMsg::Next(p)) => break Some(p),
-                    Waited::Msg(_) => continue,
-                    Waited::Exited => {
-                        self.errors.push(format!(
-                            "invocation {i}: the extension exited ({}) instead of calling /event/next",
-                            self.describe_exit()
-                        ));
-                        break None;
-                    }
-                    Waited::TimedOut => {
-                        self.errors.push(format!(
-                            "invocation {i}: the extension did not call /event/next within {} ms after runtimeDone",
-                            (function_timeout + NEXT_SLACK).as_millis()
-                        ));
-                        break None;
-                    }
-                }
-            };
-            let next_called_at = got.as_ref().map(|p| p.at);
-            let extension_overhead = match next_called_at {
-                Some(at) => at.saturating_duration_since(runtime_done_emitted),
-                None => runtime_done_emitted.elapsed(),
-            };
-            if got.is_some() && self.cfg.freeze_between_invokes {
-                self.freeze();
-            }
-            let memory = self.cfg.memory_mb.max(2);
-            let used = ((memory as f64) * (0.45 + 0.25 * fastrand::f64())) as u64;
-            let report = ReportArgs {
-                duration: runtime_duration + extension_overhead,
-                memory_mb: self.cfg.memory_mb,
-                max_memory_used_mb: used.clamp(1, memory - 1),
-                init_duration: (i == 0 && !self.cfg.snap_start)
-                    .then_some(self.init_duration)
-                    .flatten(),
-                restore_duration: (i == 0 && self.cfg.snap_start)
-                    .then_some(self.init_duration)
-                    .flatten(),
-                extension_overhead: Some((done_sys, extension_overhead)),
             };
             let last = i + 1 == limit || self.stop_requested();
-            if last && got.is_some() {
+            if last && done.next.is_some() {
                 // Lambda emits it after handing over SHUTDOWN.
-                deferred = Some((outcome, report));
+                deferred = Some((done.outcome, done.report));
             } else {
-                self.emit(events::report(SystemTime::now(), &outcome, &report));
+                self.emit(events::report(
+                    SystemTime::now(),
+                    &done.outcome,
+                    &done.report,
+                ));
             }
-            let record = InvocationRecord {
+            self.keep_record(done.record);
+            pending = done.next;
+            i += 1;
+            if last {
+                break;
+            }
+        }
+        (pending, deferred)
+    }
+
+    /// Invocation `i`, from `platform.start` to the extension's next `/event/next`; `None` when
+    /// INVOKE could not be handed over.
+    async fn invocation(
+        &mut self,
+        i: usize,
+        next: PendingNext,
+        status: String,
+        error_type: Option<String>,
+    ) -> Option<Invoked> {
+        let function_timeout = Duration::from_millis(self.cfg.function_timeout_ms);
+        let request_id = events::uuid();
+        let trace = self.cfg.xray.then(Trace::new);
+        self.emit(events::platform_start(
+            SystemTime::now(),
+            &request_id,
+            trace.as_ref(),
+        ));
+        self.thaw();
+        let invoked_at = Instant::now();
+        let invoke_sys = SystemTime::now();
+        let invoke = events::invoke(
+            events::epoch_ms(invoke_sys + function_timeout),
+            &request_id,
+            &self.cfg.function_name,
+            trace.as_ref(),
+        );
+        if next.reply.send(invoke).is_err() {
+            self.errors.push(format!(
+                "invocation {i}: the extension's /event/next request was gone when INVOKE was handed over"
+            ));
+            return None;
+        }
+        let target = if status == "timeout" {
+            function_timeout
+        } else {
+            vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5).min(function_timeout)
+        };
+        self.run_function(
+            i,
+            &request_id,
+            invoked_at,
+            target,
+            &status,
+            error_type.as_deref(),
+        )
+        .await;
+        let runtime_duration = invoked_at.elapsed();
+        let outcome = RuntimeOutcome {
+            request_id: request_id.clone(),
+            status: status.clone(),
+            error_type: error_type.clone(),
+            start: invoke_sys,
+            duration: runtime_duration,
+            produced_bytes: match status.as_str() {
+                "success" => 20 + fastrand::u64(..2000),
+                _ => 80 + fastrand::u64(..200),
+            },
+            trace,
+        };
+        let done_sys = SystemTime::now();
+        self.emit(events::runtime_done(done_sys, &outcome));
+        let runtime_done_emitted = Instant::now();
+
+        let next = self
+            .await_next(i, runtime_done_emitted + function_timeout + NEXT_SLACK)
+            .await;
+        let next_called_at = next.as_ref().map(|p| p.at);
+        let extension_overhead = match next_called_at {
+            Some(at) => at.saturating_duration_since(runtime_done_emitted),
+            None => runtime_done_emitted.elapsed(),
+        };
+        if next.is_some() && self.cfg.freeze_between_invokes {
+            self.freeze();
+        }
+        let report = self.report_args(
+            i,
+            runtime_duration + extension_overhead,
+            (done_sys, extension_overhead),
+        );
+        Some(Invoked {
+            outcome,
+            report,
+            record: InvocationRecord {
                 index: i,
                 request_id,
                 status,
@@ -772,25 +759,102 @@ impl Driver {
                 runtime_done_emitted,
                 next_called_at,
                 extension_overhead,
-            };
-            if let Some(progress) = self.progress.as_mut() {
-                progress(&record);
-            }
-            self.count_invocation(&record);
-            self.invocations.push(record);
-            if let Some(keep) = self.cfg.history_limit.map(|l| l.max(1)) {
-                if self.invocations.len() >= 2 * keep {
-                    let excess = self.invocations.len() - keep;
-                    self.invocations.drain(..excess);
+            },
+            next,
+        })
+    }
+
+    /// The function runs for `target`, logging as it goes (and Lambda dropping some logs when
+    /// configured to).
+    async fn run_function(
+        &mut self,
+        i: usize,
+        request_id: &str,
+        invoked_at: Instant,
+        target: Duration,
+        status: &str,
+        error_type: Option<&str>,
+    ) {
+        let lines = self.cfg.log_lines_per_invoke;
+        for k in 0..lines {
+            let at = invoked_at + target.mul_f64((k + 1) as f64 / (lines + 1) as f64);
+            tokio::time::sleep_until(at.into()).await;
+            self.emit(log_line(request_id, k, lines, status, error_type));
+        }
+        if self
+            .cfg
+            .logs_dropped_every
+            .is_some_and(|n| n > 0 && (i + 1) % n == 0)
+        {
+            let records = 1 + fastrand::u64(..200);
+            let bytes = records * (80 + fastrand::u64(..120));
+            self.emit(events::logs_dropped(SystemTime::now(), records, bytes));
+        }
+        tokio::time::sleep_until((invoked_at + target).into()).await;
+    }
+
+    /// The extensions' turn: waits for the next `/event/next` until `deadline`; `None` (with an
+    /// error recorded) when the extension exited or did not call in time.
+    async fn await_next(&mut self, i: usize, deadline: Instant) -> Option<PendingNext> {
+        loop {
+            match self.wait(deadline).await {
+                Waited::Msg(ControlMsg::Next(p)) => return Some(p),
+                Waited::Msg(_) => continue,
+                Waited::Exited => {
+                    self.errors.push(format!(
+                        "invocation {i}: the extension exited ({}) instead of calling /event/next",
+                        self.describe_exit()
+                    ));
+                    return None;
+                }
+                Waited::TimedOut => {
+                    self.errors.push(format!(
+                        "invocation {i}: the extension did not call /event/next within {} ms after runtimeDone",
+                        (self.cfg.function_timeout_ms + NEXT_SLACK.as_millis() as u64)
+                    ));
+                    return None;
                 }
             }
-            pending = got;
-            i += 1;
-            if last {
-                break;
+        }
+    }
+
+    /// What `platform.report` says of invocation `i`: its whole duration, memory, and the init
+    /// (or restore) duration on the first.
+    fn report_args(
+        &self,
+        i: usize,
+        duration: Duration,
+        extension_overhead: (SystemTime, Duration),
+    ) -> ReportArgs {
+        let memory = self.cfg.memory_mb.max(2);
+        let used = ((memory as f64) * (0.45 + 0.25 * fastrand::f64())) as u64;
+        ReportArgs {
+            duration,
+            memory_mb: self.cfg.memory_mb,
+            max_memory_used_mb: used.clamp(1, memory - 1),
+            init_duration: (i == 0 && !self.cfg.snap_start)
+                .then_some(self.init_duration)
+                .flatten(),
+            restore_duration: (i == 0 && self.cfg.snap_start)
+                .then_some(self.init_duration)
+                .flatten(),
+            extension_overhead: Some(extension_overhead),
+        }
+    }
+
+    /// Reports an invocation to the progress callback and keeps it (within the history limit).
+    fn keep_record(&mut self, record: InvocationRecord) {
+        if let Some(progress) = self.progress.as_mut() {
+            progress(&record);
+        }
+        self.count_invocation(&record);
+        self.invocations.push(record);
+        if let Some(keep) = self.cfg.history_limit.map(|l| l.max(1)) {
+            if self.invocations.len() >= 2 * keep {
+                let excess = self.invocations.len() - keep;
+                self.invocations.drain(..excess);
             }
         }
-        (pending, deferred)
     }
 
     fn stop_requested(&self) -> bool {
@@ -862,11 +926,11 @@ impl Driver {
         }
     }
 
-    async fn finish(mut self) -> SimReport {
-        use std::os::unix::process::ExitStatusExt;
-        // Stop delivery: the destination is gone with the process (a POST it answered just
-        // before exiting still counts).
-        self.hub.settle(Duration::from_millis(200)).await;
+    /// Stops delivery: the destination is gone with the process. A POST it answered just before
+    /// exiting still counts, so what is in flight is settled first (returns as soon as nothing
+    /// is; the bound is generous for a busy machine).
+    async fn stop_delivery(&mut self) {
+        self.hub.settle(Duration::from_millis(1_000)).await;
         self.hub.stop();
         if let Some(mut d) = self.deliverer.take() {
             d.0.abort();
@@ -875,6 +939,11 @@ impl Driver {
         for t in std::mem::take(&mut self.output_tasks) {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
+    }
+
+    /// What the telemetry hub emitted and delivered, counted (with what the history limit
+    /// pruned); an error is recorded for events never delivered.
+    fn tally_delivery(&mut self) -> Delivery {
         let (entries, telemetry_posts) = self.hub.take();
         let pruned = self.hub.pruned();
         let mut events_sent = Vec::new();
@@ -915,10 +984,23 @@ impl Driver {
                 "{undelivered_events} telemetry event(s) were never delivered to the extension"
             ));
         }
+        Delivery {
+            events_sent,
+            event_times,
+            undelivered_events,
+            telemetry_posts,
+            totals,
+        }
+    }
+
+    async fn finish(mut self) -> SimReport {
+        use std::os::unix::process::ExitStatusExt;
+        self.stop_delivery().await;
+        let delivery = self.tally_delivery();
         let rec = std::mem::take(&mut *self.shared.lock());
         let totals = RunTotals {
             next_calls: rec.next_calls_total,
-            ..totals
+            ..delivery.totals
         };
         let extension_output =
             std::mem::take(&mut *self.output.lock().unwrap_or_else(|e| e.into_inner()));
@@ -936,9 +1018,9 @@ impl Driver {
             init_errors: rec.init_errors,
             exit_errors: rec.exit_errors,
             unknown_requests: rec.unknown_requests,
-            events_sent,
-            event_times,
-            undelivered_events,
+            events_sent: delivery.events_sent,
+            event_times: delivery.event_times,
+            undelivered_events: delivery.undelivered_events,
             invocations: self.invocations,
             cold_start: self.cold_start,
             init_duration: self.init_duration,
@@ -947,7 +1029,7 @@ impl Driver {
             peak_rss_kb_before_shutdown: self.peak_rss_kb_before_shutdown,
             rss_kb_before_shutdown: self.rss_kb_before_shutdown,
             cpu_ns_before_shutdown: self.cpu_ns_before_shutdown,
-            telemetry_posts,
+            telemetry_posts: delivery.telemetry_posts,
             shutdown_at: self.shutdown_at,
             shutdown_duration: self.shutdown_duration,
             exited_at: self.exited_at,
@@ -985,6 +1067,24 @@ fn log_line(request_id: &str, k: usize, n: usize, status: &str, error_type: Opti
     } else {
         events::function_json_log(now, request_id, level, &message)
     }
+}
+
+/// The telemetry of a run, as the hub saw it delivered.
+struct Delivery {
+    events_sent: Vec<Value>,
+    event_times: Vec<EventTiming>,
+    undelivered_events: usize,
+    telemetry_posts: Vec<super::TelemetryPost>,
+    totals: RunTotals,
+}
+
+/// One invocation, done: what the report will say, what was recorded, and the extension's next
+/// `/event/next` (`None` when it did not call).
+struct Invoked {
+    outcome: RuntimeOutcome,
+    report: ReportArgs,
+    record: InvocationRecord,
+    next: Option<PendingNext>,
 }
 
 #[cfg(test)]

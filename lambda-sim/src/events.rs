@@ -33,7 +33,7 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// `n` random lowercase hex digits.
-pub fn hex(n: usize) -> String {
+pub fn random_hex(n: usize) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     (0..n)
         .map(|_| char::from(DIGITS[fastrand::usize(..16)]))
@@ -45,12 +45,12 @@ pub fn uuid() -> String {
     let variant = ['8', '9', 'a', 'b'][fastrand::usize(..4)];
     format!(
         "{}-{}-4{}-{}{}-{}",
-        hex(8),
-        hex(4),
-        hex(3),
+        random_hex(8),
+        random_hex(4),
+        random_hex(3),
         variant,
-        hex(3),
-        hex(12)
+        random_hex(3),
+        random_hex(12)
     )
 }
 
@@ -74,13 +74,13 @@ impl Trace {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let root = format!("1-{:08x}-{}", secs & 0xffff_ffff, hex(24));
-        let parent = hex(16);
+        let root = format!("1-{:08x}-{}", secs & 0xffff_ffff, random_hex(24));
+        let parent = random_hex(16);
         let header = format!("Root={root};Parent={parent};Sampled=1");
         Trace {
             root,
             parent,
-            span_id: hex(16),
+            span_id: random_hex(16),
             header,
         }
     }

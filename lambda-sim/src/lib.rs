@@ -36,7 +36,9 @@ pub mod events;
 pub mod otlp_receiver;
 pub mod procfs;
 mod recorder;
+pub mod stats;
 mod telemetry;
+pub mod tool;
 
 pub use control_plane::{parse_http_uri, validate_subscription, SCHEMA_VERSIONS};
 pub use recorder::{posted_events, Behaviour, RecordedRequest, RecordingEndpoint};

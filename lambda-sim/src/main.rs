@@ -225,15 +225,9 @@ fn main() -> ExitCode {
         }
     };
     signals::install();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match lambda_sim::tool::runtime("lambda-sim") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("lambda-sim: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(run(args)) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -271,6 +265,42 @@ enum OtlpTarget {
 
 /// Runs the simulation.
 async fn run(args: Args) -> Result<Outcome, String> {
+    let extension = locate_extension(&args)?;
+    let forever = args.invocations == 0;
+    let mut outputs = Outputs::start(&args).await?;
+    outputs.announce(&args, &extension);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cfg = sim_config(&args, extension, outputs.env.clone(), stop_rx);
+    let Some(result) = drive(cfg, &stop_tx, &mut outputs, forever).await else {
+        // Dropping the run killed the extension.
+        println!("lambda-sim: aborted");
+        return Ok(Outcome::Aborted);
+    };
+    let report = match result {
+        Ok(r) => r,
+        Err(SimError::InitFailed { reason, report }) => {
+            println!();
+            println!("INIT FAILED: {reason}");
+            print_failure_details(&report, &reason);
+            return Ok(Outcome::Failed);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    // The extension has exited: whatever it forwarded has arrived.
+    outputs.drain(forever);
+    if let Some(name) = outputs.stopped_by {
+        println!(
+            "lambda-sim: stopped by {name} after {} invocation(s)",
+            report.totals.invocations
+        );
+    }
+    let raw = outputs.raw_received(forever);
+    let ok = summary(&report, &raw, &outputs.otlp_target, &outputs.otlp);
+    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// `--extension`, else the bridge next to lambda-sim (built first under `cargo run`).
+fn locate_extension(args: &Args) -> Result<PathBuf, String> {
     let extension = match args.extension.clone() {
         Some(p) => p,
         None => default_extension()?,
@@ -282,83 +312,144 @@ async fn run(args: Args) -> Result<Outcome, String> {
             extension.display()
         ));
     }
-    let forever = args.invocations == 0;
+    Ok(extension)
+}
 
-    // Environment for the extension: the user's BRIDGE_*, DISPATCH_*, OTEL_* and RUST_LOG, plus a
-    // recording endpoint as the raw JSON sink unless the user pointed it elsewhere, and the
-    // embedded OTLP receiver likewise.
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| {
-            k.starts_with("BRIDGE_")
-                || k.starts_with("DISPATCH_")
-                || k.starts_with("OTEL_")
-                || k == "RUST_LOG"
-                || k == "RUST_BACKTRACE"
-        })
-        .collect();
-    let user_var = |env: &[(String, String)], name: &str| {
-        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    };
-    let endpoint = if user_var(&env, "DISPATCH_POST_URI").is_some() {
-        None
-    } else {
-        let ep = RecordingEndpoint::start(Behaviour::ok())
-            .await
-            .map_err(|e| e.to_string())?;
-        env.push(("DISPATCH_POST_URI".into(), ep.url()));
-        Some(ep)
-    };
-    let (collector, otlp_target) = match user_var(&env, "OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Some(url) => (None, OtlpTarget::External(url)),
-        None if args.no_otlp => (None, OtlpTarget::Off),
-        None => {
+/// Where the extension's output goes, and what has arrived there so far.
+struct Outputs {
+    /// The extension's environment: the user's BRIDGE_*, DISPATCH_*, OTEL_* and RUST_LOG, plus
+    /// the endpoints below unless the user pointed them elsewhere.
+    env: Vec<(String, String)>,
+    /// The raw JSON sink's recording endpoint (`None`: the user's DISPATCH_POST_URI).
+    raw_endpoint: Option<RecordingEndpoint>,
+    /// The embedded OTLP receiver.
+    collector: Option<RecordingEndpoint>,
+    otlp_target: OtlpTarget,
+    otlp: OtlpStats,
+    /// Events the raw endpoint received, when they are counted rather than kept (`forever`).
+    raw_count: usize,
+    /// The signal that ended the run early.
+    stopped_by: Option<&'static str>,
+}
+
+impl Outputs {
+    async fn start(args: &Args) -> Result<Outputs, String> {
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("BRIDGE_")
+                    || k.starts_with("DISPATCH_")
+                    || k.starts_with("OTEL_")
+                    || k == "RUST_LOG"
+                    || k == "RUST_BACKTRACE"
+            })
+            .collect();
+        let user_var = |env: &[(String, String)], name: &str| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        };
+        let raw_endpoint = if user_var(&env, "DISPATCH_POST_URI").is_some() {
+            None
+        } else {
             let ep = RecordingEndpoint::start(Behaviour::ok())
                 .await
                 .map_err(|e| e.to_string())?;
-            let url = format!("http://{}", ep.addr());
-            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()));
-            let protocol = user_var(&env, "OTEL_EXPORTER_OTLP_PROTOCOL")
-                .unwrap_or_else(|| "http/protobuf".into());
-            (Some(ep), OtlpTarget::Embedded { url, protocol })
-        }
-    };
-
-    if forever {
-        println!(
-            "lambda-sim: invocations until SIGINT/SIGTERM (Ctrl-C) of {}",
-            extension.display()
-        );
-    } else {
-        println!(
-            "lambda-sim: {} invocation(s) of {}",
-            args.invocations,
-            extension.display()
-        );
-    }
-    match &endpoint {
-        Some(ep) => println!(
-            "lambda-sim: raw JSON sink -> recording endpoint {}",
-            ep.url()
-        ),
-        None => println!("lambda-sim: raw JSON sink -> DISPATCH_POST_URI from the environment"),
-    }
-    match &otlp_target {
-        OtlpTarget::Embedded { url, protocol } => {
-            println!("lambda-sim: OTLP -> embedded receiver {url} ({protocol})")
-        }
-        OtlpTarget::External(url) => {
-            println!("lambda-sim: OTLP -> {url} (OTEL_EXPORTER_OTLP_ENDPOINT from the environment)")
-        }
-        OtlpTarget::Off => println!("lambda-sim: OTLP -> off (--no-otlp)"),
+            env.push(("DISPATCH_POST_URI".into(), ep.url()));
+            Some(ep)
+        };
+        let (collector, otlp_target) = match user_var(&env, "OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(url) => (None, OtlpTarget::External(url)),
+            None if args.no_otlp => (None, OtlpTarget::Off),
+            None => {
+                let ep = RecordingEndpoint::start(Behaviour::ok())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let url = format!("http://{}", ep.addr());
+                env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()));
+                let protocol = user_var(&env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+                    .unwrap_or_else(|| "http/protobuf".into());
+                (Some(ep), OtlpTarget::Embedded { url, protocol })
+            }
+        };
+        Ok(Outputs {
+            env,
+            raw_endpoint,
+            collector,
+            otlp_target,
+            otlp: OtlpStats::new(),
+            raw_count: 0,
+            stopped_by: None,
+        })
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    fn announce(&self, args: &Args, extension: &std::path::Path) {
+        if args.invocations == 0 {
+            println!(
+                "lambda-sim: invocations until SIGINT/SIGTERM (Ctrl-C) of {}",
+                extension.display()
+            );
+        } else {
+            println!(
+                "lambda-sim: {} invocation(s) of {}",
+                args.invocations,
+                extension.display()
+            );
+        }
+        match &self.raw_endpoint {
+            Some(ep) => println!(
+                "lambda-sim: raw JSON sink -> recording endpoint {}",
+                ep.url()
+            ),
+            None => {
+                println!("lambda-sim: raw JSON sink -> DISPATCH_POST_URI from the environment")
+            }
+        }
+        match &self.otlp_target {
+            OtlpTarget::Embedded { url, protocol } => {
+                println!("lambda-sim: OTLP -> embedded receiver {url} ({protocol})")
+            }
+            OtlpTarget::External(url) => {
+                println!(
+                    "lambda-sim: OTLP -> {url} (OTEL_EXPORTER_OTLP_ENDPOINT from the environment)"
+                )
+            }
+            OtlpTarget::Off => println!("lambda-sim: OTLP -> off (--no-otlp)"),
+        }
+    }
+
+    /// Folds what arrived into the summaries and forgets it (memory stays bounded in long
+    /// runs); raw events are only counted when `count_raw` (else they are kept for the
+    /// exactly-once check at the end).
+    fn drain(&mut self, count_raw: bool) {
+        if let Some(c) = &self.collector {
+            self.otlp.add(&c.take_requests());
+        }
+        if count_raw {
+            if let Some(ep) = &self.raw_endpoint {
+                self.raw_count += posted_events(&ep.take_requests()).len();
+            }
+        }
+    }
+
+    fn raw_received(&self, forever: bool) -> RawReceived {
+        match &self.raw_endpoint {
+            None => RawReceived::External,
+            Some(_) if forever => RawReceived::Counted(self.raw_count),
+            Some(ep) => RawReceived::All(ep.received_events()),
+        }
+    }
+}
+
+fn sim_config(
+    args: &Args,
+    extension: PathBuf,
+    env: Vec<(String, String)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> SimConfig {
     let mut cfg = SimConfig {
         extension_path: extension,
         extension_env: env,
         invocations: args.invocations,
-        stop: Some(stop_rx),
-        history_limit: forever.then_some(HISTORY_LIMIT),
+        stop: Some(stop),
+        history_limit: (args.invocations == 0).then_some(HISTORY_LIMIT),
         error_every: args.errors_every,
         timeout_every: args.timeouts_every,
         logs_dropped_every: args.logs_dropped_every,
@@ -374,84 +465,47 @@ async fn run(args: Args) -> Result<Outcome, String> {
     if let Some(t) = args.function_timeout_ms {
         cfg.function_timeout_ms = t;
     }
+    cfg
+}
 
-    let mut otlp = OtlpStats::new();
-    let mut raw_count = 0usize;
-    let mut stopped_by: Option<&'static str> = None;
-    let drain = |otlp: &mut OtlpStats, raw_count: &mut usize, raw_too: bool| {
-        if let Some(c) = &collector {
-            otlp.add(&c.take_requests());
-        }
-        if raw_too {
-            if let Some(ep) = &endpoint {
-                *raw_count += posted_events(&ep.take_requests()).len();
-            }
-        }
-    };
-
+/// Runs the simulation, answering signals (the first ends it the Lambda way, the second aborts:
+/// `None`) and draining the outputs as it goes.
+async fn drive(
+    cfg: SimConfig,
+    stop: &tokio::sync::watch::Sender<bool>,
+    outputs: &mut Outputs,
+    forever: bool,
+) -> Option<Result<SimReport, SimError>> {
     let sim_run = sim::run(cfg);
     tokio::pin!(sim_run);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_drain = Instant::now();
-    let result = loop {
+    loop {
         tokio::select! {
-            r = &mut sim_run => break Some(r),
+            r = &mut sim_run => return Some(r),
             _ = tick.tick() => {
                 match signals::received() {
                     0 => {}
-                    1 => {
-                        if stopped_by.is_none() {
-                            let name = signals::last_name();
-                            stopped_by = Some(name);
-                            println!(
-                                "lambda-sim: {name}: finishing the current invocation, then SHUTDOWN \
-                                 (again to abort)"
-                            );
-                            let _ = stop_tx.send(true);
-                        }
+                    1 if outputs.stopped_by.is_none() => {
+                        let name = signals::last_name();
+                        outputs.stopped_by = Some(name);
+                        println!(
+                            "lambda-sim: {name}: finishing the current invocation, then SHUTDOWN \
+                             (again to abort)"
+                        );
+                        let _ = stop.send(true);
                     }
-                    _ => break None,
+                    1 => {}
+                    _ => return None,
                 }
                 if last_drain.elapsed() >= DRAIN_EVERY {
-                    drain(&mut otlp, &mut raw_count, forever);
+                    outputs.drain(forever);
                     last_drain = Instant::now();
                 }
             }
         }
-    };
-    let Some(result) = result else {
-        // Dropping the run kills the extension.
-        println!("lambda-sim: aborted");
-        return Ok(Outcome::Aborted);
-    };
-
-    let report = match result {
-        Ok(r) => r,
-        Err(SimError::InitFailed { reason, report }) => {
-            println!();
-            println!("INIT FAILED: {reason}");
-            print_failure_details(&report, &reason);
-            return Ok(Outcome::Failed);
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-
-    // The extension has exited: whatever it forwarded has arrived.
-    drain(&mut otlp, &mut raw_count, forever);
-    let raw = match &endpoint {
-        None => RawReceived::External,
-        Some(_) if forever => RawReceived::Counted(raw_count),
-        Some(ep) => RawReceived::All(ep.received_events()),
-    };
-    if let Some(name) = stopped_by {
-        println!(
-            "lambda-sim: stopped by {name} after {} invocation(s)",
-            report.totals.invocations
-        );
     }
-    let ok = summary(&report, &raw, &otlp_target, &otlp);
-    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
 }
 
 fn print_invocation(r: &InvocationRecord) {
@@ -543,19 +597,6 @@ fn exactly_once(sent: &[Value], received: &[Value]) -> ExactlyOnce {
         unexpected,
         in_order,
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Option<Duration> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort();
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    })
 }
 
 fn opt_ms(d: Option<Duration>) -> String {
@@ -666,7 +707,7 @@ fn summary(
     println!(
         "{:<LABEL$} {:>9}  median{}, {} max",
         "extension overhead / invoke",
-        opt_ms(median(overheads)),
+        opt_ms(lambda_sim::stats::median_duration(&overheads)),
         if kept < totals.invocations {
             format!(" of the last {kept}")
         } else {

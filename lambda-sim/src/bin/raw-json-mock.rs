@@ -186,15 +186,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match lambda_sim::tool::runtime("raw-json-mock") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("raw-json-mock: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(serve(addr, max_events)) {
         Ok(()) => ExitCode::SUCCESS,
