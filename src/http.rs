@@ -276,6 +276,17 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
+/// The wait after failed attempt number `attempt` (1-based): exponential backoff with full
+/// jitter (`jitter` in 0..1 scales the cap, 25 ms doubling up to 1 s), and never less than
+/// what the endpoint asked for with `Retry-After`.
+fn backoff(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let cap = BASE_BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+        .min(MAX_BACKOFF);
+    let backoff = cap.mul_f64(jitter.clamp(0.0, 1.0));
+    retry_after.map_or(backoff, |ra| ra.max(backoff))
+}
+
 /// A delivered POST: how many attempts it took and the answer's body.
 #[derive(Debug)]
 pub struct Delivered {
@@ -329,12 +340,206 @@ pub async fn post_with_retry(
             Ok(answer) => return Err(PostError::Rejected(answer.status)),
             Err(error) => last = error,
         }
-        let exp = BASE_BACKOFF.saturating_mul(1 << (attempts - 1).min(10));
-        let backoff = exp.min(MAX_BACKOFF).mul_f64(fastrand::f64());
-        let wait = retry_after.map_or(backoff, |ra| ra.max(backoff));
+        let wait = backoff(attempts, retry_after, fastrand::f64());
         if Instant::now() + wait >= deadline {
             return Err(PostError::GaveUp { attempts, last });
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An endpoint on loopback that answers each request with the next scripted status (and
+    /// `Retry-After`), the last one repeated, and records when each request arrived.
+    struct Scripted {
+        url: reqwest::Url,
+        arrivals: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Scripted {
+        async fn start(script: Vec<(u16, Option<&'static str>)>) -> Scripted {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = reqwest::Url::parse(&format!(
+                "http://{}/ingest",
+                listener.local_addr().expect("addr")
+            ))
+            .expect("url");
+            let arrivals = Arc::new(Mutex::new(Vec::new()));
+            let seen = arrivals.clone();
+            tokio::spawn(async move {
+                let script = Arc::new(script);
+                for _ in 0..100 {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (seen, script) = (seen.clone(), script.clone());
+                    tokio::spawn(async move {
+                        let mut buffer = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        for _ in 0..100 {
+                            // One request: its head, then Content-Length bytes of body.
+                            let head_end = loop {
+                                if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    break i + 4;
+                                }
+                                match stream.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                                }
+                            };
+                            let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            while buffer.len() < head_end + length {
+                                match stream.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            buffer.drain(..head_end + length);
+                            let n = {
+                                let mut seen = seen.lock().expect("lock");
+                                seen.push(Instant::now());
+                                seen.len()
+                            };
+                            let (status, retry_after) = script[(n - 1).min(script.len() - 1)];
+                            let extra = retry_after
+                                .map(|r| format!("retry-after: {r}\r\n"))
+                                .unwrap_or_default();
+                            let answer =
+                                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n");
+                            if stream.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Scripted { url, arrivals }
+        }
+
+        fn arrivals(&self) -> Vec<Instant> {
+            self.arrivals.lock().expect("lock").clone()
+        }
+    }
+
+    async fn post(server: &Scripted, within: Duration) -> Result<Delivered, PostError> {
+        let client = LazyClient::new(false);
+        let transport = client.get().expect("client");
+        post_with_retry(
+            transport,
+            &Endpoint::new(server.url.clone()),
+            &HeaderMap::new(),
+            Bytes::from_static(b"[]"),
+            Instant::now() + within,
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn timeouts_throttling_and_server_errors_are_retried_until_delivered() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            let server = Scripted::start(vec![(status, None), (status, None), (200, None)]).await;
+            let delivered = post(&server, Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|e| panic!("{status}: {e}"));
+            assert_eq!(delivered.attempts, 3, "{status}");
+            assert_eq!(server.arrivals().len(), 3, "{status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_waited_for() {
+        let server = Scripted::start(vec![(429, Some("1")), (503, Some("1")), (200, None)]).await;
+        let delivered = post(&server, Duration::from_secs(20))
+            .await
+            .expect("delivered");
+        assert_eq!(delivered.attempts, 3);
+        let arrivals = server.arrivals();
+        for pair in arrivals.windows(2) {
+            // A lower bound only: a busy machine can make the gap longer, never shorter.
+            assert!(
+                pair[1] - pair[0] >= Duration::from_secs(1),
+                "retried after {:?}",
+                pair[1] - pair[0]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_deadline_gives_up_without_waiting() {
+        let server = Scripted::start(vec![(503, Some("30"))]).await;
+        let started = Instant::now();
+        match post(&server, Duration::from_secs(5)).await {
+            Err(PostError::GaveUp { attempts, .. }) => assert_eq!(attempts, 1),
+            other => panic!("expected a give-up, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for nothing"
+        );
+        assert_eq!(server.arrivals().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn other_client_errors_are_rejected_at_once() {
+        for status in [400, 401, 403, 404, 413] {
+            let server = Scripted::start(vec![(status, None), (200, None)]).await;
+            match post(&server, Duration::from_secs(5)).await {
+                Err(PostError::Rejected(s)) => assert_eq!(s.as_u16(), status),
+                other => panic!("{status}: expected a rejection, got {other:?}"),
+            }
+            assert_eq!(server.arrivals().len(), 1, "{status} is not retried");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_keeps_failing_is_tried_until_the_deadline() {
+        let server = Scripted::start(vec![(500, None)]).await;
+        let started = Instant::now();
+        match post(&server, Duration::from_millis(600)).await {
+            Err(PostError::GaveUp { attempts, .. }) => {
+                assert_eq!(attempts as usize, server.arrivals().len());
+                // 25 ms doubling with jitter: several attempts fit in 600 ms.
+                assert!(attempts >= 3, "{attempts} attempts");
+            }
+            other => panic!("expected a give-up, got {other:?}"),
+        }
+        assert!(started.elapsed() <= Duration::from_millis(600) + Duration::from_secs(2));
+    }
+
+    #[test]
+    fn backoff_doubles_from_25_ms_up_to_1_s_with_full_jitter_and_honours_retry_after() {
+        let ms = Duration::from_millis;
+        for (attempt, cap) in [
+            (1, 25),
+            (2, 50),
+            (3, 100),
+            (4, 200),
+            (5, 400),
+            (6, 800),
+            (7, 1000),
+            (30, 1000),
+        ] {
+            assert_eq!(backoff(attempt, None, 1.0), ms(cap), "attempt {attempt}");
+            assert_eq!(backoff(attempt, None, 0.0), Duration::ZERO);
+            assert_eq!(backoff(attempt, None, 0.5), ms(cap) / 2);
+        }
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(3)), 1.0),
+            Duration::from_secs(3)
+        );
+        assert_eq!(backoff(7, Some(ms(10)), 1.0), ms(1000));
     }
 }

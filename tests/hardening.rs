@@ -730,3 +730,48 @@ fn a_refused_registration_fails_init_with_the_reason() {
         "{out}"
     );
 }
+
+/// Lambda may send up to 2 × maxBytes in one POST, plus its metadata: the listener takes exactly
+/// 2 × maxBytes + 64 KiB and refuses one byte more, at the default and at the largest maxBytes.
+#[test]
+fn the_body_limit_is_exactly_twice_max_bytes_plus_64_kib() {
+    for max_bytes in [262_144usize, 1_048_576] {
+        let limit = 2 * max_bytes + 64 * 1024;
+        let statuses = block_on(async {
+            let port = dead_port();
+            let mut cfg = config(
+                2,
+                &[
+                    ("BRIDGE_LISTENER_PORT", port.to_string()),
+                    ("BRIDGE_BUFFER_MAX_BYTES", max_bytes.to_string()),
+                ],
+            );
+            let statuses = Arc::new(Mutex::new(Vec::new()));
+            let record = statuses.clone();
+            cfg.progress = Some(Box::new(move |inv| {
+                if inv.index != 0 {
+                    return;
+                }
+                // An empty array padded with whitespace to the exact size.
+                let body = |size: usize| {
+                    let mut b = vec![b' '; size];
+                    b[0] = b'[';
+                    b[size - 1] = b']';
+                    b
+                };
+                let mut out = record.lock().expect("lock");
+                out.push(post_blocking(port, &body(limit)));
+                out.push(post_blocking(port, &body(limit + 1)));
+            }));
+            let report = run(cfg).await;
+            assert_clean(&report);
+            let statuses = statuses.lock().expect("lock").clone();
+            statuses
+        });
+        assert_eq!(
+            statuses,
+            vec![200, 413],
+            "maxBytes {max_bytes}: limit {limit}"
+        );
+    }
+}

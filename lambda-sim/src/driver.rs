@@ -911,7 +911,8 @@ impl Driver {
                 "the extension's /event/next request was gone when SHUTDOWN was handed over".into(),
             );
         }
-        if let Some((outcome, report)) = deferred_report {
+        if let Some((outcome, report)) = deferred_report.filter(|_| !self.cfg.withhold_last_report)
+        {
             self.emit(events::report(SystemTime::now(), &outcome, &report));
         }
         if !self.wait_exit(handed_at + grace).await {

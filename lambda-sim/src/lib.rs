@@ -139,6 +139,9 @@ pub struct SimConfig {
     /// answered. Real Lambda does not do this (default false); it isolates shutdown handling from
     /// buffering delays when a test wants that.
     pub flush_before_shutdown: bool,
+    /// Never emit the last invocation's `platform.report` (one Lambda lost, or delayed past the
+    /// shutdown deadline). Default false.
+    pub withhold_last_report: bool,
     /// Called after each invocation.
     pub progress: Option<ProgressFn>,
 }
@@ -171,6 +174,7 @@ impl Default for SimConfig {
             xray: true,
             snap_start: false,
             flush_before_shutdown: false,
+            withhold_last_report: false,
             progress: None,
         }
     }
