@@ -15,6 +15,7 @@ use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::{ExtensionsApi, NextEvent};
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
 use crate::self_metrics::{self, Dropped, Pusher, METRICS};
+use crate::settings::Settings;
 use crate::sinks::otlp::{FunctionIdentity, OtlpSink};
 use crate::sinks::raw_json::RawJsonSink;
 use crate::telemetry::progress::{self, Progress};
@@ -57,7 +58,13 @@ struct Bridge {
 }
 
 /// Runs the extension until SHUTDOWN; the exit code Lambda sees.
-pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: String) -> ExitCode {
+pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: String) -> ExitCode {
+    let Settings {
+        core: config,
+        dispatch,
+        otlp,
+        self_metrics,
+    } = settings;
     let mut api = ExtensionsApi::new(&config.lambda.runtime_api);
     let registration = match api.register(&extension_name).await {
         Ok(r) => r,
@@ -82,21 +89,20 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
     }
 
     // One HTTP client (one connection pool, TLS roots loaded at most once) for every output.
-    let outbound = config
-        .dispatch
+    let outbound = dispatch
         .iter()
         .map(|d| &d.uri)
-        .chain(config.otlp.iter().flat_map(|o| {
+        .chain(otlp.iter().flat_map(|o| {
             [&o.traces, &o.metrics, &o.logs]
                 .into_iter()
                 .flatten()
                 .map(|s| &s.endpoint)
         }))
-        .chain(config.self_metrics.pushgateway.iter().map(|p| &p.url));
+        .chain(self_metrics.pushgateway.iter().map(|p| &p.url));
     let http = Arc::new(LazyClient::for_urls(outbound));
 
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    match &config.dispatch {
+    match &dispatch {
         Some(dispatch) => match RawJsonSink::new(dispatch, http.clone()) {
             Ok(sink) => {
                 tracing::info!(
@@ -112,7 +118,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
             "DISPATCH_POST_URI is not set: raw JSON events are discarded after the other sinks took them"
         ),
     }
-    match &config.otlp {
+    match &otlp {
         Some(otlp) => {
             let identity = FunctionIdentity::new(&registration, &config.lambda);
             tracing::info!(
@@ -149,7 +155,7 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
         config.queue_max_bytes,
     ));
 
-    if let Some(addr) = config.self_metrics.metrics_addr {
+    if let Some(addr) = self_metrics.metrics_addr {
         match self_metrics::serve(addr).await {
             Ok(bound) => tracing::info!(addr = %bound, "self-metrics served at /metrics"),
             Err(e) => {
@@ -157,18 +163,13 @@ pub async fn run(config: Config, issues: Vec<ConfigIssue>, extension_name: Strin
             }
         }
     }
-    let pusher = config.self_metrics.pushgateway.as_ref().map(|gateway| {
+    let pusher = self_metrics.pushgateway.as_ref().map(|gateway| {
         let instance = config
             .lambda
             .log_stream
             .clone()
             .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        Pusher::new(
-            gateway,
-            &instance,
-            config.self_metrics.push_interval,
-            http.clone(),
-        )
+        Pusher::new(gateway, &instance, self_metrics.push_interval, http.clone())
     });
 
     let (progress_tx, progress_rx) = progress::channel();
@@ -420,7 +421,7 @@ impl Bridge {
         let started = Instant::now();
         let report = self.pipeline.flush(reason, deadline).await;
         self.last_flush = Instant::now();
-        METRICS.flushed(reason, started.elapsed().as_secs_f64());
+        METRICS.flushed(reason.into(), started.elapsed().as_secs_f64());
         let mut complete = true;
         let mut dropped = Vec::new();
         for sink in &report {

@@ -15,5 +15,6 @@ pub mod http;
 pub mod lifecycle;
 pub mod pipeline;
 pub mod self_metrics;
+pub mod settings;
 pub mod sinks;
 pub mod telemetry;

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use lambda_telemetry_bridge::app;
-use lambda_telemetry_bridge::config::Config;
+use lambda_telemetry_bridge::settings::Settings;
 
 fn main() -> ExitCode {
     // Lambda-Extension-Name must be the file name Lambda launched.
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         })
         .unwrap_or_else(|| "lambda-telemetry-bridge".to_string());
 
-    let (config, issues) = match Config::from_env() {
+    let (settings, issues) = match Settings::from_env() {
         Ok(loaded) => loaded,
         Err(e) => {
             println!("ERROR lambda-telemetry-bridge: {e}");
@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         }
     };
     // The configuration validated the filter (a bad one is an issue, reported once logging runs).
-    let filter = config
+    let filter = settings
+        .core
         .log_filter
         .parse::<tracing_subscriber::filter::Targets>()
         .unwrap_or_else(|_| {
@@ -56,5 +57,5 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(app::run(config, issues, extension_name))
+    runtime.block_on(app::run(settings, issues, extension_name))
 }

@@ -6,8 +6,8 @@
 //!
 //! This module holds the core (the lifecycle's and the pipeline's settings) and the reader
 //! ([`env::Env`]); each output reads its own settings beside it (`sinks::raw_json::config`,
-//! `sinks::otlp::config`, `self_metrics::config`), and every `AWS_*` variable is read in
-//! [`lambda`].
+//! `sinks::otlp::config`, `self_metrics::config`), `crate::settings` reads them all in one pass,
+//! and every `AWS_*` variable is read in [`lambda`].
 
 pub mod env;
 pub mod lambda;
@@ -18,9 +18,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::self_metrics::config::SelfMetricsConfig;
-use crate::sinks::otlp::config::OtlpConfig;
-use crate::sinks::raw_json::config::DispatchConfig;
 use env::Env;
 use lambda::LambdaEnv;
 
@@ -104,11 +101,6 @@ pub struct Config {
     pub queue_max_bytes: usize,
     pub strict: bool,
     pub log_filter: String,
-    /// The raw JSON sink; `None` without `DISPATCH_POST_URI`.
-    pub dispatch: Option<DispatchConfig>,
-    /// `None` when no OTLP endpoint is configured or `OTEL_SDK_DISABLED=true`.
-    pub otlp: Option<OtlpConfig>,
-    pub self_metrics: SelfMetricsConfig,
 }
 
 /// One rejected setting: what was wrong and what the bridge does instead.
@@ -147,17 +139,9 @@ pub const DEFAULT_QUEUE_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const SANDBOX_HOST: &str = "sandbox.localdomain";
 
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<(Config, Vec<ConfigIssue>), ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Reads settings through `lookup` (the environment, or a map in tests).
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(Config, Vec<ConfigIssue>), ConfigError> {
-        let mut env = Env::new(&lookup);
-        let lambda = LambdaEnv::read(&env).ok_or(ConfigError::MissingRuntimeApi)?;
+    /// The core settings; `Err` when this is not a Lambda environment at all.
+    pub fn read(env: &mut Env) -> Result<Config, ConfigError> {
+        let lambda = LambdaEnv::read(env).ok_or(ConfigError::MissingRuntimeApi)?;
         let all_types = vec![
             TelemetryType::Platform,
             TelemetryType::Function,
@@ -244,30 +228,21 @@ impl Config {
                 "logging at info",
             )
             .unwrap_or_else(|| "info".to_string());
-        let dispatch = DispatchConfig::read(&mut env);
-        let otlp = OtlpConfig::read(&mut env);
-        let self_metrics = SelfMetricsConfig::read(&mut env);
-        Ok((
-            Config {
-                lambda,
-                telemetry_types,
-                buffering,
-                listener_host,
-                destination_host,
-                listener_port,
-                default_listener_host: default_listener_host.to_string(),
-                flush_policy,
-                flush_timeout,
-                queue_max_events,
-                queue_max_bytes,
-                strict,
-                log_filter,
-                dispatch,
-                otlp,
-                self_metrics,
-            },
-            env.into_issues(),
-        ))
+        Ok(Config {
+            lambda,
+            telemetry_types,
+            buffering,
+            listener_host,
+            destination_host,
+            listener_port,
+            default_listener_host: default_listener_host.to_string(),
+            flush_policy,
+            flush_timeout,
+            queue_max_events,
+            queue_max_bytes,
+            strict,
+            log_filter,
+        })
     }
 
     pub fn subscribes_to(&self, kind: TelemetryType) -> bool {
@@ -350,4 +325,19 @@ fn valid_host(host: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_policies_parse() {
+        assert_eq!(parse_flush_policy("end"), Some(FlushPolicy::End));
+        assert_eq!(parse_flush_policy("SHUTDOWN"), Some(FlushPolicy::Shutdown));
+        assert_eq!(
+            parse_flush_policy("periodic:250"),
+            Some(FlushPolicy::Periodic(Duration::from_millis(250)))
+        );
+        assert_eq!(parse_flush_policy("periodic:0"), None);
+        assert_eq!(parse_flush_policy("periodic"), None);
+        assert_eq!(parse_flush_policy("sometimes"), None);
+    }
+}

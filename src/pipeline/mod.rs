@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::event::Event;
-use crate::self_metrics::{SinkLabel, METRICS};
+use crate::self_metrics::{FlushTrigger, SinkLabel, METRICS};
 use queue::Queue;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -27,6 +27,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum FlushReason {
     Invoke,
     Shutdown,
+}
+
+impl From<FlushReason> for FlushTrigger {
+    fn from(reason: FlushReason) -> FlushTrigger {
+        match reason {
+            FlushReason::Invoke => FlushTrigger::Invoke,
+            FlushReason::Shutdown => FlushTrigger::Shutdown,
+        }
+    }
 }
 
 /// What a sink gets for one flush.

@@ -14,7 +14,6 @@ use prometheus::{
 };
 
 use crate::event::EventKind;
-use crate::pipeline::FlushReason;
 
 /// The output a series is about (label `sink`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,10 +123,22 @@ impl Refused {
     }
 }
 
-const fn flush_label(reason: FlushReason) -> &'static str {
-    match reason {
-        FlushReason::Invoke => "invoke",
-        FlushReason::Shutdown => "shutdown",
+/// What triggered a flush (label `reason` of `bridge_flush_duration_seconds`). The pipeline's
+/// `FlushReason` converts into it: this module is below every other and imports none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    Invoke,
+    Shutdown,
+}
+
+impl FlushTrigger {
+    const ALL: [FlushTrigger; 2] = [FlushTrigger::Invoke, FlushTrigger::Shutdown];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            FlushTrigger::Invoke => "invoke",
+            FlushTrigger::Shutdown => "shutdown",
+        }
     }
 }
 
@@ -218,8 +229,8 @@ impl SelfMetrics {
         )
         .unwrap_or_else(|e| panic!("flush histogram is well-formed: {e}"));
         let _ = registry.register(Box::new(flush_duration.clone()));
-        for reason in [FlushReason::Invoke, FlushReason::Shutdown] {
-            flush_duration.with_label_values(&[flush_label(reason)]);
+        for trigger in FlushTrigger::ALL {
+            flush_duration.with_label_values(&[trigger.as_str()]);
         }
         let listener_rejected = counter_vec(
             &registry,
@@ -355,9 +366,9 @@ impl SelfMetrics {
             .inc();
     }
 
-    pub fn flushed(&self, reason: FlushReason, seconds: f64) {
+    pub fn flushed(&self, trigger: FlushTrigger, seconds: f64) {
         self.flush_duration
-            .with_label_values(&[flush_label(reason)])
+            .with_label_values(&[trigger.as_str()])
             .observe(seconds);
     }
 

@@ -1,17 +1,40 @@
-//! The configuration as a whole, read from maps of variables.
+//! The settings as a whole, read from maps of variables.
 
 use super::*;
+use crate::config::{Buffering, FlushPolicy, TelemetryType, SANDBOX_HOST};
 use crate::sinks::otlp::config::{OtlpProtocol, Pricing, Temporality};
 use std::collections::HashMap;
 
-fn load(vars: &[(&str, &str)]) -> (Config, Vec<ConfigIssue>) {
+/// The settings, flattened for the assertions: the core's fields and the outputs'.
+struct Loaded {
+    core: Config,
+    dispatch: Option<DispatchConfig>,
+    otlp: Option<OtlpConfig>,
+    self_metrics: SelfMetricsConfig,
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.core
+    }
+}
+
+fn load(vars: &[(&str, &str)]) -> (Loaded, Vec<ConfigIssue>) {
     let mut map: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     map.entry("AWS_LAMBDA_RUNTIME_API".into())
         .or_insert_with(|| "127.0.0.1:9001".into());
-    Config::from_lookup(|k| map.get(k).cloned()).expect("runtime api set")
+    let (s, issues) = Settings::from_lookup(|k| map.get(k).cloned()).expect("runtime api set");
+    let loaded = Loaded {
+        core: s.core,
+        dispatch: s.dispatch,
+        otlp: s.otlp,
+        self_metrics: s.self_metrics,
+    };
+    (loaded, issues)
 }
 
 #[test]
@@ -39,19 +62,6 @@ fn out_of_range_buffering_falls_back_with_an_issue() {
     assert!(issues
         .iter()
         .any(|i| i.variable == "BRIDGE_BUFFER_TIMEOUT_MS" && i.allowed.contains("25 to 30000")));
-}
-
-#[test]
-fn flush_policies_parse() {
-    assert_eq!(parse_flush_policy("end"), Some(FlushPolicy::End));
-    assert_eq!(parse_flush_policy("SHUTDOWN"), Some(FlushPolicy::Shutdown));
-    assert_eq!(
-        parse_flush_policy("periodic:250"),
-        Some(FlushPolicy::Periodic(Duration::from_millis(250)))
-    );
-    assert_eq!(parse_flush_policy("periodic:0"), None);
-    assert_eq!(parse_flush_policy("periodic"), None);
-    assert_eq!(parse_flush_policy("sometimes"), None);
 }
 
 #[test]

@@ -1,0 +1,43 @@
+//! Every setting of the bridge, read in one pass over the environment: the core ([`Config`]) and
+//! each output's own, which live beside the output. One pass, so that every bad value is one
+//! issue and `BRIDGE_STRICT` sees them all.
+
+use crate::config::env::Env;
+use crate::config::{Config, ConfigError, ConfigIssue};
+use crate::self_metrics::config::SelfMetricsConfig;
+use crate::sinks::otlp::config::OtlpConfig;
+use crate::sinks::raw_json::config::DispatchConfig;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub core: Config,
+    /// The raw JSON sink; `None` without `DISPATCH_POST_URI`.
+    pub dispatch: Option<DispatchConfig>,
+    /// `None` when no OTLP endpoint is configured or `OTEL_SDK_DISABLED=true`.
+    pub otlp: Option<OtlpConfig>,
+    pub self_metrics: SelfMetricsConfig,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<(Settings, Vec<ConfigIssue>), ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Settings, Vec<ConfigIssue>), ConfigError> {
+        let mut env = Env::new(&lookup);
+        let settings = Settings {
+            core: Config::read(&mut env)?,
+            dispatch: DispatchConfig::read(&mut env),
+            otlp: OtlpConfig::read(&mut env),
+            self_metrics: SelfMetricsConfig::read(&mut env),
+        };
+        Ok((settings, env.into_issues()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
