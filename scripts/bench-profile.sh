@@ -18,7 +18,7 @@ prof_target=${PROF_TARGET:-target/profiling}
 mkdir -p "$out"
 
 CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-  cargo build --release --bin lambda-telemetry-bridge --target-dir "$prof_target"
+  cargo build --release -p lambda-telemetry-bridge --bin lambda-telemetry-bridge --target-dir "$prof_target"
 cargo build --release --bin bridge-bench --bin bench-floor
 binary="$(cd "$prof_target" && pwd)/release/lambda-telemetry-bridge"
 

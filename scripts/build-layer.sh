@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 name=lambda-telemetry-bridge
 target=${TARGET:-}
 if [ -n "$target" ]; then
-  cargo build --release --bin "$name" --target "$target"
+  cargo build --release -p "$name" --bin "$name" --target "$target"
   binary="target/$target/release/$name"
 else
-  cargo build --release --bin "$name"
+  cargo build --release -p "$name" --bin "$name"
   binary="target/release/$name"
 fi
 

@@ -261,7 +261,8 @@ async fn start_telemetry(
 
 /// Binds the configured host and port; a port that is taken or a host that cannot be bound is an
 /// issue naming its variable (an init error under `BRIDGE_STRICT`), and the listener falls back
-/// to an ephemeral port, then to the default host, so telemetry still flows.
+/// (a taken port to an ephemeral one, a host it cannot bind to the default host, keeping the
+/// port), so telemetry still flows.
 async fn bind_listener(
     config: &Config,
     issues: &mut Vec<ConfigIssue>,
@@ -273,7 +274,8 @@ async fn bind_listener(
             Ok(socket) => return Some(socket),
             Err(e) => e,
         };
-        let issue = if port != 0 {
+        let in_use = error.kind() == std::io::ErrorKind::AddrInUse;
+        let issue = if in_use && port != 0 {
             let issue = ConfigIssue {
                 variable: "BRIDGE_LISTENER_PORT".into(),
                 value: port.to_string(),

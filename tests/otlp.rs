@@ -234,6 +234,71 @@ fn histogram(m: &Metric) -> (u64, f64, Vec<f64>) {
     }
 }
 
+/// Out-of-memory and `failure` invocations, which the simulator now produces: each counted
+/// exactly, errors split by their type, the out-of-memory counter only for those.
+#[test]
+fn out_of_memory_and_failed_invocations_are_counted_by_type() {
+    block_on(async {
+        let (report, collector) = run_with_collector(12, &[], |c| {
+            c.out_of_memory_every = Some(3); // 3, 6, 9, 12
+            c.failure_every = Some(4); // 4, 8 (12 is out of memory)
+        })
+        .await;
+        assert_eq!(report.count_status("error"), 4);
+        assert_eq!(report.count_status("failure"), 2);
+        let metrics: Vec<Metric> = common::otlp::metrics(&collector)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(sum_value(last(&metrics, "aws.lambda.out_of_memory")), 4.0);
+        assert_eq!(sum_value(last(&metrics, "faas.errors")), 6.0);
+        assert_eq!(sum_value(last(&metrics, "faas.invocations")), 6.0);
+        let Some(metric::Data::Sum(errors)) = &last(&metrics, "faas.errors").data else {
+            panic!("faas.errors is a sum")
+        };
+        let mut by_type: Vec<(String, f64)> = errors
+            .data_points
+            .iter()
+            .map(|p| {
+                let value = match p.value {
+                    Some(
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i),
+                    ) => i as f64,
+                    Some(
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
+                            d,
+                        ),
+                    ) => d,
+                    None => 0.0,
+                };
+                let kind = attr_str(&p.attributes, "error.type")
+                    .unwrap_or("?")
+                    .to_string();
+                (kind, value)
+            })
+            .collect();
+        by_type.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            by_type,
+            vec![
+                ("Runtime.ExitError".to_string(), 2.0),
+                ("Runtime.OutOfMemory".to_string(), 4.0)
+            ]
+        );
+        // Their spans are errors of that type.
+        let spans: Vec<Span> = common::otlp::spans(&collector)
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.kind == span::SpanKind::Server as i32)
+            .collect();
+        let oom_spans = spans
+            .iter()
+            .filter(|s| attr_str(&s.attributes, "error.type") == Some("Runtime.OutOfMemory"))
+            .count();
+        assert_eq!(oom_spans, 4);
+    });
+}
+
 #[test]
 fn metrics_match_what_the_platform_reported() {
     block_on(async {
@@ -441,11 +506,29 @@ fn logs_carry_their_invocations_trace() {
         let logs = common::otlp::logs(&collector);
         let sent = report.events_of_type("function");
         assert_eq!(logs.len(), sent.len());
+        // Whose each log line is, from what the simulator sent (not from what the bridge says):
+        // the record's requestId (JSON format), else the invocation started last (text format).
+        let mut owners = Vec::new();
+        let mut running: Option<String> = None;
+        for event in &report.events_sent {
+            match event["type"].as_str() {
+                Some("platform.start") => running = request_id(event).map(str::to_string),
+                Some("function") => owners.push(
+                    event["record"]["requestId"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| running.clone())
+                        .expect("a log line inside an invocation"),
+                ),
+                _ => {}
+            }
+        }
+        assert_eq!(owners.len(), sent.len());
         let spans: Vec<Span> = common::otlp::spans(&collector)
             .into_iter()
             .map(|(_, s)| s)
             .collect();
-        for ((_, log), event) in logs.iter().zip(&sent) {
+        for (((_, log), event), expected_owner) in logs.iter().zip(&sent).zip(&owners) {
             let record = &event["record"];
             let body = match log.body.as_ref().and_then(|b| b.value.as_ref()) {
                 Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
@@ -467,10 +550,17 @@ fn logs_carry_their_invocations_trace() {
                     nanos(record["timestamp"].as_str().expect("timestamp"))
                 );
             }
-            let owner = attr_str(&log.attributes, "faas.invocation_id").expect("invocation id");
+            assert_eq!(
+                attr_str(&log.attributes, "faas.invocation_id"),
+                Some(expected_owner.as_str())
+            );
             let span = spans
                 .iter()
-                .find(|s| attr_str(&s.attributes, "faas.invocation_id") == Some(owner))
+                .find(|s| {
+                    s.kind == span::SpanKind::Server as i32
+                        && attr_str(&s.attributes, "faas.invocation_id")
+                            == Some(expected_owner.as_str())
+                })
                 .expect("the owning invocation span");
             assert_eq!(log.trace_id, span.trace_id);
             assert_eq!(log.span_id, span.span_id);
@@ -512,7 +602,94 @@ fn json_protocol_with_gzip_carries_the_same_mapping() {
         check_invocation_spans(&report, &spans);
         assert!(!common::otlp::metrics(&collector).is_empty());
         assert!(!common::otlp::logs(&collector).is_empty());
+        // The bytes themselves, read by a decoder that shares nothing with the encoder: gzip, then
+        // plain JSON checked against the OTLP/JSON rules.
+        let mut checked = 0;
+        for request in &requests {
+            let mut json = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(request.body.as_slice()),
+                &mut json,
+            )
+            .expect("gzip");
+            let value: Value = serde_json::from_slice(&json).expect("JSON");
+            check_otlp_json(&value, "$", &mut checked);
+        }
+        assert!(checked > 50, "{checked} ids and 64-bit integers checked");
     });
+}
+
+/// The OTLP/JSON encoding rules (OTLP specification, "JSON Protobuf Encoding"): field names in
+/// lowerCamelCase, trace and span ids as lowercase hex (32 and 16 digits, not base64), 64-bit
+/// integers as decimal strings, enums as numbers. Counts the values it checked.
+fn check_otlp_json(value: &Value, path: &str, checked: &mut usize) {
+    const INT64: [&str; 7] = [
+        "timeUnixNano",
+        "startTimeUnixNano",
+        "endTimeUnixNano",
+        "observedTimeUnixNano",
+        "count",
+        "asInt",
+        "intValue",
+    ];
+    match value {
+        Value::Object(fields) => {
+            for (key, v) in fields {
+                let here = format!("{path}.{key}");
+                let camel = key.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                    && key.chars().all(|c| c.is_ascii_alphanumeric());
+                assert!(camel, "{here}: not lowerCamelCase");
+                let hex = |digits: usize| {
+                    let s = v.as_str().unwrap_or_else(|| panic!("{here}: not a string"));
+                    assert!(
+                        s.len() == digits
+                            && s.chars()
+                                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                        "{here}: {s:?} is not {digits} lowercase hex digits"
+                    );
+                };
+                match key.as_str() {
+                    "traceId" => hex(32),
+                    "spanId" => hex(16),
+                    "parentSpanId" if v.as_str() != Some("") => hex(16),
+                    k if INT64.contains(&k) => {
+                        let s = v
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{here}: {v} not a string"));
+                        assert!(
+                            !s.is_empty()
+                                && s.trim_start_matches('-')
+                                    .chars()
+                                    .all(|c| c.is_ascii_digit()),
+                            "{here}: {s:?}"
+                        );
+                    }
+                    "bucketCounts" => {
+                        for c in v.as_array().expect("an array") {
+                            assert!(
+                                c.as_str().is_some_and(|s| s.parse::<u64>().is_ok()),
+                                "{here}: {c}"
+                            );
+                        }
+                    }
+                    "kind" | "severityNumber" | "aggregationTemporality" => {
+                        assert!(v.is_u64(), "{here}: {v} is not an enum number")
+                    }
+                    _ => {
+                        check_otlp_json(v, &here, checked);
+                        continue;
+                    }
+                }
+                *checked += 1;
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_otlp_json(item, &format!("{path}[{i}]"), checked);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[test]

@@ -44,30 +44,37 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
 
         let text = scraped.lock().expect("lock").clone();
         assert!(text.contains("# TYPE"), "{text}");
-        assert!(
-            metric_value(&text, "bridge_invocations_total").is_some_and(|v| v >= 4.0),
+        // Scraped after the fifth invocation's /event/next: five INVOKEs handled, five starts
+        // received (each before its runtimeDone, which the invoke waited for), five invoke flushes.
+        assert_eq!(
+            metric_value(&text, "bridge_invocations_total"),
+            Some(5.0),
             "{text}"
         );
-        assert!(metric_value(
-            &text,
-            "bridge_events_received_total{type=\"platform.start\"}"
-        )
-        .is_some_and(|v| v >= 4.0));
+        assert_eq!(
+            metric_value(
+                &text,
+                "bridge_events_received_total{type=\"platform.start\"}"
+            ),
+            Some(5.0)
+        );
         assert!(
             metric_value(&text, "bridge_sink_events_sent_total{sink=\"raw_json\"}")
                 .is_some_and(|v| v > 0.0)
         );
-        assert!(metric_value(
-            &text,
-            "bridge_flush_duration_seconds_count{reason=\"invoke\"}"
-        )
-        .is_some_and(|v| v >= 4.0));
+        assert_eq!(
+            metric_value(
+                &text,
+                "bridge_flush_duration_seconds_count{reason=\"invoke\"}"
+            ),
+            Some(5.0)
+        );
         assert!(metric_value(&text, "bridge_listener_posts_total").is_some_and(|v| v > 0.0));
         assert!(text.contains("bridge_queue_depth_events"));
 
         // Pushed at the first invoke flush (interval not yet started) and at shutdown.
         let pushes: Vec<_> = gateway.requests();
-        assert!(pushes.len() >= 2, "{} pushes", pushes.len());
+        assert_eq!(pushes.len(), 2, "{} pushes", pushes.len());
         for p in &pushes {
             assert_eq!(p.method, "PUT");
             assert!(

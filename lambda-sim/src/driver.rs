@@ -605,7 +605,11 @@ impl Driver {
 
     fn outcome_for(&self, i: usize, errors_so_far: usize) -> (String, Option<String>) {
         let nth = |every: Option<usize>| every.is_some_and(|n| n > 0 && (i + 1) % n == 0);
-        if nth(self.cfg.timeout_every) {
+        if nth(self.cfg.out_of_memory_every) {
+            ("error".into(), Some(OUT_OF_MEMORY.into()))
+        } else if nth(self.cfg.failure_every) {
+            ("failure".into(), Some("Runtime.ExitError".into()))
+        } else if nth(self.cfg.timeout_every) {
             ("timeout".into(), Some("Sandbox.Timedout".into()))
         } else if nth(self.cfg.error_every) {
             (
@@ -617,8 +621,6 @@ impl Driver {
         }
     }
 
-    /// Runs the invocations. Returns the pending `/event/next` (if the extension is waiting) and
-    /// the last invocation's report, which Lambda emits only after handing over SHUTDOWN.
     /// Drives invocations until the limit or a stop; returns the extension's pending
     /// `/event/next` (for SHUTDOWN) and the last invocation's report, which Lambda emits only
     /// after handing over SHUTDOWN.
@@ -745,6 +747,7 @@ impl Driver {
             i,
             runtime_duration + extension_overhead,
             (done_sys, extension_overhead),
+            error_type.as_deref() == Some(OUT_OF_MEMORY),
         );
         Some(Invoked {
             outcome,
@@ -825,13 +828,19 @@ impl Driver {
         i: usize,
         duration: Duration,
         extension_overhead: (SystemTime, Duration),
+        out_of_memory: bool,
     ) -> ReportArgs {
         let memory = self.cfg.memory_mb.max(2);
         let used = ((memory as f64) * (0.45 + 0.25 * fastrand::f64())) as u64;
         ReportArgs {
             duration,
             memory_mb: self.cfg.memory_mb,
-            max_memory_used_mb: used.clamp(1, memory - 1),
+            // Out of memory: Lambda reports the whole memory size as used.
+            max_memory_used_mb: if out_of_memory {
+                self.cfg.memory_mb
+            } else {
+                used.clamp(1, memory - 1)
+            },
             init_duration: (i == 0 && !self.cfg.snap_start)
                 .then_some(self.init_duration)
                 .flatten(),
@@ -1069,6 +1078,9 @@ fn log_line(request_id: &str, k: usize, n: usize, status: &str, error_type: Opti
         events::function_json_log(now, request_id, level, &message)
     }
 }
+
+/// The error type Lambda gives an invocation that ran out of memory.
+const OUT_OF_MEMORY: &str = "Runtime.OutOfMemory";
 
 /// The telemetry of a run, as the hub saw it delivered.
 struct Delivery {

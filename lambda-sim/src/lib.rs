@@ -111,6 +111,12 @@ pub struct SimConfig {
     pub error_every: Option<usize>,
     /// Every Nth invocation ends with status `timeout` (takes precedence over `error_every`).
     pub timeout_every: Option<usize>,
+    /// Every Nth invocation ends with status `failure` (`Runtime.ExitError`; takes precedence
+    /// over `timeout_every` and `error_every`).
+    pub failure_every: Option<usize>,
+    /// Every Nth invocation runs out of memory: status `error`, `Runtime.OutOfMemory`, and the
+    /// report's max memory used equal to the memory size (takes precedence over the others).
+    pub out_of_memory_every: Option<usize>,
     /// Every Nth invocation, Lambda also emits a `platform.logsDropped` event.
     pub logs_dropped_every: Option<usize>,
     /// Idle time between two invocations.
@@ -163,6 +169,8 @@ impl Default for SimConfig {
             log_lines_per_invoke: 3,
             error_every: None,
             timeout_every: None,
+            failure_every: None,
+            out_of_memory_every: None,
             logs_dropped_every: None,
             between_invokes_ms: 0,
             freeze_between_invokes: false,
@@ -197,6 +205,8 @@ impl fmt::Debug for SimConfig {
             .field("log_lines_per_invoke", &self.log_lines_per_invoke)
             .field("error_every", &self.error_every)
             .field("timeout_every", &self.timeout_every)
+            .field("failure_every", &self.failure_every)
+            .field("out_of_memory_every", &self.out_of_memory_every)
             .field("logs_dropped_every", &self.logs_dropped_every)
             .field("between_invokes_ms", &self.between_invokes_ms)
             .field("freeze_between_invokes", &self.freeze_between_invokes)

@@ -15,21 +15,20 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 /// case where it is shown), erring on the side of hiding.
 pub fn redact_url_text(raw: &str) -> String {
     let raw = raw.trim();
-    let (head, query) = match raw.find(['?', '#']) {
-        Some(i) => (&raw[..i], true),
-        None => (raw, false),
+    let authority_start = raw.find("://").map_or(0, |i| i + 3);
+    // Credentials first: a password may itself hold `?` or `#`, so the last `@` anywhere after
+    // the scheme ends them (a query holding `@` is hidden too: erring on the side of hiding).
+    let (shown, rest) = match raw[authority_start..].rfind('@') {
+        Some(at) => (
+            format!("{}<redacted>@", &raw[..authority_start]),
+            &raw[authority_start + at + 1..],
+        ),
+        None => (raw[..authority_start].to_string(), &raw[authority_start..]),
     };
-    let authority_start = head.find("://").map_or(0, |i| i + 3);
-    let mut shown = match head.rfind('@') {
-        Some(at) if at >= authority_start => {
-            format!("{}<redacted>@{}", &head[..authority_start], &head[at + 1..])
-        }
-        _ => head.to_string(),
-    };
-    if query {
-        shown.push_str("?<redacted>");
+    match rest.find(['?', '#']) {
+        Some(i) => format!("{shown}{}?<redacted>", &rest[..i]),
+        None => format!("{shown}{rest}"),
     }
-    shown
 }
 
 /// An endpoint from a variable: an absolute http(s) URL with a host. Credentials written into it

@@ -96,6 +96,8 @@ pub enum Refused {
     TooLarge,
     Body,
     BodyTimeout,
+    /// A new connection that sent no request in time.
+    HeadTimeout,
     NotAnArray,
     TooManyElements,
     /// A connection closed to make room for a new one.
@@ -116,6 +118,7 @@ impl Refused {
             Refused::TooLarge => "too_large",
             Refused::Body => "body",
             Refused::BodyTimeout => "body_timeout",
+            Refused::HeadTimeout => "head_timeout",
             Refused::NotAnArray => "not_an_array",
             Refused::TooManyElements => "too_many_elements",
             Refused::Connections => "connections",

@@ -6,10 +6,9 @@
 //!
 //! It is served by hyper's HTTP/1.1 connection directly (not `axum::serve`) because a listener
 //! inside a 128 MB sandbox with 1,024 file descriptors needs what that does not expose: a
-//! deadline on request heads (which also closes idle kept-alive connections), a deadline on
-//! bodies, and a bound on open connections, where a new connection closes the oldest one rather
-//! than waiting behind it: Lambda's next push must never queue behind connections that hold
-//! nothing.
+//! deadline for a new connection's first request, a deadline on bodies, and a bound on open
+//! connections, where a new connection closes the oldest unused one rather than waiting behind
+//! it: Lambda's next push must never queue behind connections that hold nothing.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,7 +21,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,9 +33,8 @@ use crate::self_metrics::{Refused, METRICS};
 use crate::telemetry::batch::{parse_batch, BatchError};
 use crate::telemetry::progress::{self, Progress};
 
-/// A request's head must arrive within this of the connection becoming idle (accepted, or its
-/// last answer sent); an idle kept-alive connection is closed after it too. Lambda sends a
-/// whole request at once, from outside the sandbox's CPU limit.
+/// A new connection must have carried a request (its head read) within this, or it is closed.
+/// Lambda sends a whole request at once, from outside the sandbox's CPU limit.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request's body must arrive within this of its head.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +101,15 @@ pub struct Listener {
     pub local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+}
+
+impl ListenerError {
+    /// The I/O error's kind (a port in use is told from a host that cannot be bound).
+    pub fn kind(&self) -> std::io::ErrorKind {
+        match self {
+            ListenerError::Bind { source, .. } => source.kind(),
+        }
+    }
 }
 
 impl Listener {
@@ -222,20 +229,40 @@ async fn serve_connection(
     mut stopped: watch::Receiver<bool>,
     mut evicted: watch::Receiver<bool>,
 ) {
+    let counter = requests.clone();
     let service = hyper::service::service_fn(move |request| {
-        requests.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(receive(&shared, request).await) }
     });
+    // No head deadline from hyper: it would also close Lambda's kept-alive connection after an
+    // idle gap or a freeze, racing Lambda's next push (a POST Go's client does not retry). Only a
+    // connection that has not carried a request in HEAD_TIMEOUT is closed; used idle ones are
+    // kept, the connection bound keeping their number in check.
     let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(None)
         .serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = stopped.wait_for(|stop| *stop) => {}
-        _ = evicted.wait_for(|close| *close) => {}
+    let first_request_by = tokio::time::sleep(HEAD_TIMEOUT);
+    tokio::pin!(first_request_by);
+    let mut used = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stopped.wait_for(|stop| *stop) => break,
+            _ = evicted.wait_for(|close| *close) => break,
+            _ = &mut first_request_by, if !used => {
+                if requests.load(Ordering::Relaxed) == 0 {
+                    METRICS.refused(Refused::HeadTimeout);
+                    tracing::warn!(
+                        timeout_ms = HEAD_TIMEOUT.as_millis() as u64,
+                        "telemetry listener: no request on a connection in time; closed"
+                    );
+                    return;
+                }
+                used = true;
+            }
+        }
     }
     // Finish the request in flight, if any, then close; a peer that is slow about it (hyper
     // waits for a head it has begun to read) is dropped after a body's allowance.

@@ -126,12 +126,72 @@ pub mod otlp {
     }
 }
 
-/// Nanoseconds since the epoch of an RFC 3339 time.
+fn not_rfc_3339<T>(time: &str) -> T {
+    panic!("not an RFC 3339 time: {time:?}")
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time (`2026-01-01T00:00:00.123Z`, any fraction
+/// length, `Z` or a `±HH:MM` offset). Written here, not borrowed from a library the simulator or
+/// the bridge uses, so that an error in their parsing cannot cancel out in the expectation.
 pub fn nanos(time: &str) -> u64 {
-    let t = humantime::parse_rfc3339(time).expect("RFC 3339 time");
-    t.duration_since(std::time::UNIX_EPOCH)
-        .expect("after epoch")
-        .as_nanos() as u64
+    let b = time.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        not_rfc_3339::<()>(time);
+    }
+    let num = |range: std::ops::Range<usize>| -> i64 {
+        time.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| not_rfc_3339(time))
+    };
+    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
+    let (hour, minute, second) = (num(11..13), num(14..16), num(17..19));
+    let mut rest = &time[19..];
+    let mut fraction_ns = 0i64;
+    if let Some(f) = rest.strip_prefix('.') {
+        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            not_rfc_3339::<()>(time);
+        }
+        let padded = format!("{:0<9}", &f[..digits.min(9)]);
+        fraction_ns = padded.parse().unwrap_or_else(|_| not_rfc_3339(time));
+        rest = &f[digits..];
+    }
+    let offset_s = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let h: i64 = rest[1..3].parse().unwrap_or_else(|_| not_rfc_3339(time));
+            let m: i64 = rest[4..6].parse().unwrap_or_else(|_| not_rfc_3339(time));
+            sign * (h * 3600 + m * 60)
+        }
+        _ => not_rfc_3339(time),
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    (seconds * 1_000_000_000 + fraction_ns) as u64
+}
+
+#[test]
+fn nanos_reads_rfc_3339_as_written_by_hand() {
+    assert_eq!(nanos("1970-01-01T00:00:00Z"), 0);
+    assert_eq!(nanos("1970-01-02T00:00:00.5Z"), 86_400_500_000_000);
+    // 2022-10-12T00:03:50.000Z, Lambda's example: 1665533030 s.
+    assert_eq!(nanos("2022-10-12T00:03:50.000Z"), 1_665_533_030_000_000_000);
+    assert_eq!(
+        nanos("2022-10-12T02:03:50.000000001+02:00"),
+        1_665_533_030_000_000_001
+    );
+    assert_eq!(
+        nanos("2024-02-29T12:00:00.123456Z") % 1_000_000_000,
+        123_456_000
+    );
 }
 
 /// A port nothing listens on (bound, then released).

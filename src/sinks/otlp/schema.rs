@@ -126,6 +126,12 @@ pub(super) fn ms(duration_ms: f64) -> Duration {
     Duration::try_from_secs_f64(duration_ms.max(0.0) / 1000.0).unwrap_or_default()
 }
 
+/// `start` plus the platform's milliseconds; a sum beyond what a `SystemTime` holds stays at
+/// `start` (a span of zero length) rather than panicking.
+pub(super) fn after(start: SystemTime, duration_ms: f64) -> SystemTime {
+    start.checked_add(ms(duration_ms)).unwrap_or(start)
+}
+
 pub(super) fn is_error_status(status: &str) -> bool {
     status != "success"
 }

@@ -25,8 +25,8 @@ use super::config::Pricing;
 use super::instruments::Instruments;
 use super::logs;
 use super::schema::{
-    is_error_status, merge, ms, parse_time, typed, LogsDroppedRecord, PhaseRecord, ReportRecord,
-    RuntimeDoneRecord, StartRecord, TracingRecord,
+    after, is_error_status, merge, ms, parse_time, typed, LogsDroppedRecord, PhaseRecord,
+    ReportRecord, RuntimeDoneRecord, StartRecord, TracingRecord,
 };
 use super::spans::{link_to_init, random_span_id, random_trace_id, Span};
 use super::xray;
@@ -307,7 +307,7 @@ impl Mapper {
                 span_id,
                 phase.name.clone(),
                 phase_start,
-                phase_start + ms(phase.duration_ms),
+                after(phase_start, phase.duration_ms),
                 Vec::new(),
             );
             self.out.spans.push(child.build(&self.scope));
@@ -386,7 +386,7 @@ impl Mapper {
                         span_id,
                         "extensionOverhead".into(),
                         runtime_end,
-                        runtime_end + ms(overhead),
+                        after(runtime_end, overhead),
                         vec![KeyValue::new("aws.lambda.report.duration_ms", total)],
                     );
                     self.out.spans.push(child.build(&self.scope));
@@ -442,7 +442,7 @@ impl Mapper {
             .unwrap_or(report_time);
         let end = phase
             .runtime_done
-            .or_else(|| duration.map(|d| start + ms(d)))
+            .or_else(|| duration.map(|d| after(start, d)))
             .unwrap_or(report_time);
         let mut attributes = vec![KeyValue::new("faas.name", function_name.clone())];
         let mut push = |key: &'static str, value: &Option<String>| {
