@@ -507,11 +507,7 @@ fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, 
         drop(held);
         assert_clean(&report);
         // Lambda's pushes all went through: every event once, in order.
-        let sent: Vec<String> = report
-            .events_sent
-            .iter()
-            .map(|e| serde_json::to_string(e).expect("json"))
-            .collect();
+        let sent = report.events_sent_raw.clone();
         assert_eq!(received_raw(&sink), sent);
         let results = results.lock().expect("lock").clone();
         let out = report.extension_output.clone();

@@ -42,6 +42,8 @@ enum Waited {
 
 struct Driver {
     cfg: SimConfig,
+    /// Events emitted so far (picks each one's time format).
+    emitted: std::sync::atomic::AtomicUsize,
     progress: Option<ProgressFn>,
     hub: Arc<TelemetryHub>,
     shared: Arc<Shared>,
@@ -134,6 +136,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
     }
 
     let mut d = Driver {
+        emitted: std::sync::atomic::AtomicUsize::new(0),
         cfg,
         progress,
         hub,
@@ -325,7 +328,13 @@ fn vary(base: Duration, spread: f64) -> Duration {
 }
 
 impl Driver {
-    fn emit(&self, event: Value) {
+    /// Hands an event to the Telemetry API, its `time` written in one of the RFC 3339 forms
+    /// Lambda's clock may produce.
+    fn emit(&self, mut event: Value) {
+        let n = self
+            .emitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        events::vary_time(&mut event, n);
         self.hub.emit(event);
     }
 
@@ -957,8 +966,10 @@ impl Driver {
         let (entries, telemetry_posts) = self.hub.take();
         let pruned = self.hub.pruned();
         let mut events_sent = Vec::new();
+        let mut events_sent_raw = Vec::new();
         let mut event_times = Vec::new();
         for e in entries.into_iter().filter(|e| e.eligible) {
+            events_sent_raw.push(String::from_utf8_lossy(&e.raw).into_owned());
             event_times.push(EventTiming {
                 event_type: e.event_type,
                 emitted_at: e.emitted_at,
@@ -996,6 +1007,7 @@ impl Driver {
         }
         Delivery {
             events_sent,
+            events_sent_raw,
             event_times,
             undelivered_events,
             telemetry_posts,
@@ -1029,6 +1041,7 @@ impl Driver {
             exit_errors: rec.exit_errors,
             unknown_requests: rec.unknown_requests,
             events_sent: delivery.events_sent,
+            events_sent_raw: delivery.events_sent_raw,
             event_times: delivery.event_times,
             undelivered_events: delivery.undelivered_events,
             invocations: self.invocations,
@@ -1085,6 +1098,7 @@ const OUT_OF_MEMORY: &str = "Runtime.OutOfMemory";
 /// The telemetry of a run, as the hub saw it delivered.
 struct Delivery {
     events_sent: Vec<Value>,
+    events_sent_raw: Vec<String>,
     event_times: Vec<EventTiming>,
     undelivered_events: usize,
     telemetry_posts: Vec<super::TelemetryPost>,

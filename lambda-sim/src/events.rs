@@ -422,6 +422,124 @@ pub fn function_arn(function_name: &str) -> String {
     format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{function_name}")
 }
 
+/// The event's bytes as Lambda might write them, in one of several styles chosen by `n`: AWS's key
+/// order (`time`, `type`, `record`), with or without spaces, some characters as `\u` escapes, and
+/// decimals with a trailing zero (`100.50`). The value is the same JSON; the bytes are not what
+/// `serde_json` would write, so an extension that re-serialised events instead of passing them on
+/// unchanged would be caught by a byte-for-byte comparison.
+pub fn encode_like_lambda(value: &Value, n: usize) -> Vec<u8> {
+    let style = Style {
+        spaced: n % 2 == 1,
+        escaped: n % 3 == 2,
+        padded_decimals: n % 4 != 0,
+    };
+    let mut out = String::new();
+    write_value(&mut out, value, &style, true);
+    out.into_bytes()
+}
+
+/// The event's `time` in another RFC 3339 form Lambda's clock may produce, chosen by `n`:
+/// milliseconds with `Z` (as before), microseconds, or a `+00:00` offset.
+pub fn vary_time(value: &mut Value, n: usize) {
+    let Some(Value::String(time)) = value.get_mut("time") else {
+        return;
+    };
+    let Some(base) = time.strip_suffix('Z').map(str::to_string) else {
+        return;
+    };
+    match n % 3 {
+        1 => *time = format!("{base}{:03}Z", n % 1000),
+        2 => *time = format!("{base}+00:00"),
+        _ => {}
+    }
+}
+
+struct Style {
+    spaced: bool,
+    escaped: bool,
+    padded_decimals: bool,
+}
+
+fn write_value(out: &mut String, value: &Value, style: &Style, top: bool) {
+    let (colon, comma) = if style.spaced {
+        (": ", ", ")
+    } else {
+        (":", ",")
+    };
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            if top {
+                // AWS writes time, type, record; anything else after them.
+                let rank = |k: &str| match k {
+                    "time" => 0,
+                    "type" => 1,
+                    "record" => 2,
+                    _ => 3,
+                };
+                keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(comma);
+                }
+                write_string(out, key, style);
+                out.push_str(colon);
+                write_value(out, &map[key.as_str()], style, false);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(comma);
+                }
+                write_value(out, item, style, false);
+            }
+            out.push(']');
+        }
+        Value::String(s) => write_string(out, s, style),
+        Value::Number(number) => match number.as_f64() {
+            // A decimal with one digit after the point gets a second one: 100.5 -> 100.50.
+            Some(f)
+                if number.is_f64()
+                    && style.padded_decimals
+                    && (f * 10.0).fract() == 0.0
+                    && f.fract() != 0.0 =>
+            {
+                out.push_str(&format!("{f:.2}"))
+            }
+            _ => out.push_str(&number.to_string()),
+        },
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_string(out: &mut String, s: &str, style: &Style) {
+    if !style.escaped {
+        out.push_str(&Value::String(s.to_string()).to_string());
+        return;
+    }
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '/' => out.push_str("\\/"),
+            c if (c as u32) < 0x20 || !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +586,30 @@ mod tests {
         assert_eq!(ev["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(billed(1.0001), 2);
         assert_eq!(billed(3.0), 3);
+    }
+
+    #[test]
+    fn lambda_style_bytes_hold_the_same_json_but_not_serdes_bytes() {
+        let value = json!({"record": {"requestId": "r/1", "message": "héllo \"x\"", "durationMs": 100.5, "n": 3},
+                           "type": "function", "time": "2026-01-01T00:00:00.000Z"});
+        let mut differ = 0;
+        for n in 0..12 {
+            let bytes = encode_like_lambda(&value, n);
+            let back: Value = serde_json::from_slice(&bytes).expect("valid JSON");
+            assert_eq!(back, value, "style {n}");
+            let text = String::from_utf8(bytes).expect("utf-8");
+            assert!(text.starts_with("{\"time\""), "AWS key order: {text}");
+            if text != serde_json::to_string(&value).expect("json") {
+                differ += 1;
+            }
+        }
+        assert_eq!(differ, 12, "every style differs from serde_json's bytes");
+        let mut timed = value.clone();
+        vary_time(&mut timed, 2);
+        assert_eq!(timed["time"], "2026-01-01T00:00:00.000+00:00");
+        vary_time(&mut timed, 1);
+        let mut micro = value;
+        vary_time(&mut micro, 4);
+        assert_eq!(micro["time"], "2026-01-01T00:00:00.000004Z");
     }
 }

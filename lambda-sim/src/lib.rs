@@ -344,6 +344,9 @@ pub struct SimReport {
     /// The events of the subscribed stream, in emission order (events of types the extension
     /// did not subscribe to are left out).
     pub events_sent: Vec<Value>,
+    /// The exact bytes of each of `events_sent`, as the Telemetry API POSTed them (written in
+    /// Lambda's style, not serde_json's: see `events::encode_like_lambda`).
+    pub events_sent_raw: Vec<String>,
     /// Timing of each of `events_sent`.
     pub event_times: Vec<EventTiming>,
     /// Events of the run never delivered (dropped after retries, or still buffered at exit),

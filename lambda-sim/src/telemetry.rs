@@ -165,8 +165,10 @@ impl TelemetryHub {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let raw = serde_json::to_vec(&value).unwrap_or_default();
         let mut inner = self.lock();
+        // Written as Lambda might write it, not as serde_json would (see encode_like_lambda).
+        let n = inner.base + inner.entries.len();
+        let raw = events::encode_like_lambda(&value, n);
         let eligible = match &inner.sub {
             Some(sub) => sub.types.iter().any(|t| t == events::category(&event_type)),
             None => true,
