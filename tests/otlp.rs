@@ -448,17 +448,94 @@ fn metrics_match_what_the_platform_reported() {
             })
             .sum();
         assert!((cost - expected).abs() < 1e-12, "{cost} vs {expected}");
-        for name in [
-            "aws.lambda.memory_size",
-            "aws.lambda.memory_utilization",
-            "aws.lambda.response_latency",
-            "aws.lambda.response_duration",
-            "aws.lambda.runtime_overhead",
-            "aws.lambda.post_runtime_extensions_duration",
-            "aws.lambda.produced_bytes",
-        ] {
-            last(&metrics, name);
+        // The rest, each against what the platform events said.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        let size_mb = reports[0]["record"]["metrics"]["memorySizeMB"]
+            .as_f64()
+            .expect("memorySizeMB");
+        match &last(&metrics, "aws.lambda.memory_size").data {
+            Some(metric::Data::Gauge(g)) => {
+                let point = g.data_points.last().expect("a point");
+                let value = match point.value {
+                    Some(
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i),
+                    ) => i as f64,
+                    Some(
+                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
+                            d,
+                        ),
+                    ) => d,
+                    None => f64::NAN,
+                };
+                assert_eq!(value, size_mb * 1048576.0);
+            }
+            other => panic!("aws.lambda.memory_size is a gauge: {other:?}"),
         }
+        let (count, sum, _) = histogram(last(&metrics, "aws.lambda.memory_utilization"));
+        let expected: f64 = reports
+            .iter()
+            .map(|e| {
+                let m = &e["record"]["metrics"];
+                m["maxMemoryUsedMB"].as_f64().unwrap_or(0.0)
+                    / m["memorySizeMB"].as_f64().unwrap_or(1.0)
+            })
+            .sum();
+        assert_eq!(count as f64, n);
+        assert!(close(sum, expected), "utilisation {sum} vs {expected}");
+        for (metric_name, phase) in [
+            ("aws.lambda.response_latency", "responseLatency"),
+            ("aws.lambda.response_duration", "responseDuration"),
+            ("aws.lambda.runtime_overhead", "runtimeOverhead"),
+        ] {
+            let phases: Vec<f64> = done
+                .iter()
+                .flat_map(|e| e["record"]["spans"].as_array().cloned().unwrap_or_default())
+                .filter(|s| s["name"] == phase)
+                .map(|s| s["durationMs"].as_f64().unwrap_or(0.0) / 1000.0)
+                .collect();
+            let (count, sum, _) = histogram(last(&metrics, metric_name));
+            assert_eq!(count as usize, phases.len(), "{metric_name}");
+            assert!(close(sum, phases.iter().sum()), "{metric_name}: {sum}");
+        }
+        let (count, sum, _) = histogram(last(&metrics, "aws.lambda.produced_bytes"));
+        let expected: f64 = done
+            .iter()
+            .map(|e| {
+                e["record"]["metrics"]["producedBytes"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        // Only runtimeDone events that carry producedBytes (a timed-out one does not).
+        let with_bytes = done
+            .iter()
+            .filter(|e| e["record"]["metrics"]["producedBytes"].is_number())
+            .count();
+        assert!(with_bytes > 0 && with_bytes < done.len());
+        assert_eq!(count as usize, with_bytes);
+        assert_eq!(sum, expected);
+        // What the report adds to runtimeDone: the extensions' time after the runtime finished.
+        let overheads: Vec<f64> = reports
+            .iter()
+            .map(|r| {
+                let id = request_id(r).expect("requestId");
+                let runtime = done
+                    .iter()
+                    .find(|d| request_id(d) == Some(id))
+                    .and_then(|d| d["record"]["metrics"]["durationMs"].as_f64())
+                    .expect("its runtimeDone");
+                let total = r["record"]["metrics"]["durationMs"]
+                    .as_f64()
+                    .expect("durationMs");
+                (total - runtime).max(0.0) / 1000.0
+            })
+            .collect();
+        let (count, sum, _) = histogram(last(
+            &metrics,
+            "aws.lambda.post_runtime_extensions_duration",
+        ));
+        assert_eq!(count as usize, overheads.len());
+        assert!(close(sum, overheads.iter().sum()), "post-runtime {sum}");
         // Cumulative by default.
         if let Some(metric::Data::Sum(s)) = &last(&metrics, "faas.invocations").data {
             assert_eq!(s.aggregation_temporality, 2);

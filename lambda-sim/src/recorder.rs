@@ -18,8 +18,10 @@ use super::SimError;
 /// How a [`RecordingEndpoint`] answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Behaviour {
-    /// Answer the first `fail_first` requests with `fail_status`.
+    /// Answer the first `fail_first` requests (after the `succeed_first` ones) with `fail_status`.
     pub fail_first: usize,
+    /// Requests answered normally before the failures begin.
+    pub succeed_first: usize,
     /// Status of the failed answers (default 500).
     pub fail_status: u16,
     /// When set, every request (after the `fail_first` ones) is answered with this status.
@@ -32,6 +34,7 @@ impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
             fail_first: 0,
+            succeed_first: 0,
             fail_status: 500,
             always_status: None,
             delay: Duration::ZERO,
@@ -63,6 +66,12 @@ impl Behaviour {
     }
 
     /// Same behaviour, each answer delayed by `delay`.
+    /// The failures begin after `n` requests answered normally.
+    pub fn after(mut self, n: usize) -> Behaviour {
+        self.succeed_first = n;
+        self
+    }
+
     pub fn with_delay(mut self, delay: Duration) -> Behaviour {
         self.delay = delay;
         self
@@ -276,7 +285,8 @@ async fn record(
         let mut inner = state.lock();
         inner.seen += 1;
         let b = &inner.behaviour;
-        let status = if inner.seen <= b.fail_first {
+        let failing = inner.seen > b.succeed_first && inner.seen <= b.succeed_first + b.fail_first;
+        let status = if failing {
             b.fail_status
         } else {
             b.always_status.unwrap_or(200)
