@@ -668,6 +668,83 @@ fn a_backlog_split_into_several_posts_resumes_after_the_accepted_part() {
     });
 }
 
+/// The OTLP sink keeps at most 20,000 log records (and as many spans) for retry while the
+/// collector is down; beyond that the oldest go, counted and logged, and the newest 20,000 are
+/// delivered, in order, when it recovers.
+#[test]
+fn the_otlp_retry_buffer_keeps_the_newest_20000_records() {
+    block_on(async {
+        let collector = std::sync::Arc::new(
+            RecordingEndpoint::start(Behaviour::always(503))
+                .await
+                .expect("collector"),
+        );
+        let port = dead_port();
+        let mut cfg = config(
+            4,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                ("OTEL_TRACES_EXPORTER", "none".into()),
+                ("OTEL_METRICS_EXPORTER", "none".into()),
+                ("BRIDGE_LISTENER_PORT", port.to_string()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
+                // Room in the pipeline's queue, so that the OTLP sink's own bound is what drops.
+                ("BRIDGE_QUEUE_MAX_EVENTS", "50000".into()),
+            ],
+        );
+        cfg.log_lines_per_invoke = 0;
+        let pushed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (record, recovering) = (pushed.clone(), collector.clone());
+        cfg.progress = Some(Box::new(move |inv| match inv.index {
+            0 => {
+                // 22,000 log lines in eleven POSTs of 2,000 (the listener's element limit).
+                let mut record = record.lock().expect("lock");
+                for post in 0..11 {
+                    let lines: Vec<String> = (0..2000)
+                        .map(|i| format!("line {:05}", post * 2000 + i))
+                        .collect();
+                    let events: Vec<String> = lines
+                        .iter()
+                        .map(|l| format!(r#"{{"time":"2026-01-01T00:00:00.000Z","type":"function","record":"{l}"}}"#))
+                        .collect();
+                    assert_eq!(
+                        post_blocking(port, format!("[{}]", events.join(",")).as_bytes()),
+                        200
+                    );
+                    record.extend(lines);
+                }
+            }
+            // The collector was down for invocation 1's flush; it is back for invocation 2's.
+            1 => recovering.set_behaviour(Behaviour::ok()),
+            _ => {}
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let bodies: Vec<String> = common::otlp::logs(&collector)
+            .into_iter()
+            .filter_map(|(_, log)| match log.body.and_then(|b| b.value) {
+                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                    Some(s)
+                }
+                _ => None,
+            })
+            .filter(|b| b.starts_with("line "))
+            .collect();
+        let pushed = pushed.lock().expect("lock").clone();
+        assert_eq!(bodies.len(), 20_000);
+        assert_eq!(
+            bodies.as_slice(),
+            &pushed[2_000..],
+            "the newest 20,000, in order"
+        );
+        let out = &report.extension_output;
+        assert!(
+            out.contains("log buffer full") && out.contains("dropped=2000"),
+            "{out}"
+        );
+    });
+}
+
 #[test]
 fn peak_rss_stays_flat_over_a_thousand_invocations() {
     block_on(async {
@@ -710,7 +787,11 @@ fn peak_rss_stays_flat_over_a_thousand_invocations() {
         let report = run(cfg).await;
         assert_clean(&report);
         let samples = samples.lock().expect("lock").clone();
-        assert_eq!(samples.len(), 3, "RSS sampled at invocations 100, 500 and 1000");
+        assert_eq!(
+            samples.len(),
+            3,
+            "RSS sampled at invocations 100, 500 and 1000"
+        );
         eprintln!("RSS (peak, current) kB at 100, 500, 1000: {samples:?}");
         let (peak_100, _) = samples[0];
         let (peak_500, rss_500) = samples[1];
