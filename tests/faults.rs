@@ -319,14 +319,7 @@ fn hostile_input_gets_a_4xx_and_leaves_valid_events_alone() {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let port = dead_port();
-        let mut cfg = config(
-            3,
-            &[
-                ("DISPATCH_POST_URI", sink.url()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
-            ],
-        );
+        let mut cfg = config(3, &[("DISPATCH_POST_URI", sink.url())]);
         let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = statuses.clone();
         let huge_line = format!(
@@ -338,6 +331,7 @@ fn hostile_input_gets_a_4xx_and_leaves_valid_events_alone() {
             if inv.index != 1 {
                 return;
             }
+            let port = inv.listener_port.expect("the listener subscribed");
             let cases: Vec<(&str, Vec<u8>)> = vec![
                 ("not json", b"hello".to_vec()),
                 ("not an array", br#"{"type":"function","record":"x"}"#.to_vec()),
@@ -398,12 +392,10 @@ fn a_ten_thousand_event_one_mebibyte_batch_goes_through() {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let port = dead_port();
         let mut cfg = config(
             2,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
                 ("BRIDGE_BUFFER_MAX_BYTES", "1048576".into()),
                 ("BRIDGE_BUFFER_MAX_ITEMS", "10000".into()),
             ],
@@ -424,6 +416,7 @@ fn a_ten_thousand_event_one_mebibyte_batch_goes_through() {
         let into = status.clone();
         cfg.progress = Some(Box::new(move |inv| {
             if inv.index == 1 {
+                let port = inv.listener_port.expect("the listener subscribed");
                 *into.lock().expect("lock") = post_blocking(port, batch.as_bytes());
             }
         }));
@@ -607,12 +600,10 @@ fn a_backlog_split_into_several_posts_resumes_after_the_accepted_part() {
         let sink = RecordingEndpoint::start(Behaviour::fail_first(10, 503).after(2))
             .await
             .expect("sink");
-        let port = dead_port();
         let mut cfg = config(
             4,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
             ],
         );
@@ -622,6 +613,7 @@ fn a_backlog_split_into_several_posts_resumes_after_the_accepted_part() {
             if inv.index != 0 {
                 return;
             }
+            let port = inv.listener_port.expect("the listener subscribed");
             // ~5 MiB in nine POSTs of 1,000 events: more than one raw POST (4 MiB) carries.
             let mut record = record.lock().expect("lock");
             for post in 0..9 {
@@ -679,14 +671,12 @@ fn the_otlp_retry_buffer_keeps_the_newest_20000_records() {
                 .await
                 .expect("collector"),
         );
-        let port = dead_port();
         let mut cfg = config(
             4,
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
                 ("OTEL_TRACES_EXPORTER", "none".into()),
                 ("OTEL_METRICS_EXPORTER", "none".into()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
                 // Room in the pipeline's queue, so that the OTLP sink's own bound is what drops.
                 ("BRIDGE_QUEUE_MAX_EVENTS", "50000".into()),
@@ -697,6 +687,7 @@ fn the_otlp_retry_buffer_keeps_the_newest_20000_records() {
         let (record, recovering) = (pushed.clone(), collector.clone());
         cfg.progress = Some(Box::new(move |inv| match inv.index {
             0 => {
+                let port = inv.listener_port.expect("the listener subscribed");
                 // 22,000 log lines in eleven POSTs of 2,000 (the listener's element limit).
                 let mut record = record.lock().expect("lock");
                 for post in 0..11 {

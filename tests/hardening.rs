@@ -22,20 +22,14 @@ fn an_event_without_a_usable_time_costs_only_its_own_timestamp() {
         let collector = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("collector");
-        let port = dead_port();
-        let mut cfg = config(
-            12,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
-            ],
-        );
+        let mut cfg = config(12, &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())]);
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let record = statuses.clone();
         cfg.progress = Some(Box::new(move |inv| {
             if inv.index != 2 {
                 return;
             }
+            let port = inv.listener_port.expect("the listener subscribed");
             let body = br#"[{"type":"function","record":"no time"},
                 {"type":"extension","time":null,"record":"null time"},
                 {"type":"function","time":"yesterday","record":{"message":"bad time"}},
@@ -417,7 +411,6 @@ fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, 
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let port = dead_port();
         let tag = if flood {
             "BRIDGE_TEST_TAG=flooded-listener"
         } else {
@@ -427,7 +420,6 @@ fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, 
             12,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
                 (
                     "BRIDGE_TEST_TAG",
                     tag["BRIDGE_TEST_TAG=".len()..].to_string(),
@@ -444,6 +436,7 @@ fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, 
             if inv.index != 1 {
                 return;
             }
+            let port = inv.listener_port.expect("the listener subscribed");
             if flood {
                 // Lambda's limit on open files.
                 let pid = pid_of_tagged(tag).expect("the bridge runs");
@@ -538,13 +531,11 @@ fn arrays_beyond_twice_max_items_are_refused_before_they_cost_memory() {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let port = dead_port();
         let tag = "BRIDGE_TEST_TAG=tiny-elements";
         let mut cfg = config(
             3,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
                 ("BRIDGE_TEST_TAG", "tiny-elements".into()),
             ],
         );
@@ -555,6 +546,7 @@ fn arrays_beyond_twice_max_items_are_refused_before_they_cost_memory() {
             if inv.index != 1 {
                 return;
             }
+            let port = inv.listener_port.expect("the listener subscribed");
             let array = |n: usize| format!("[{}]", vec!["1"; n].join(",")).into_bytes();
             let mut out = record.lock().expect("lock");
             // maxItems is 1,000: 2,000 elements pass, one more does not.
@@ -734,20 +726,14 @@ fn the_body_limit_is_exactly_twice_max_bytes_plus_64_kib() {
     for max_bytes in [262_144usize, 1_048_576] {
         let limit = 2 * max_bytes + 64 * 1024;
         let statuses = block_on(async {
-            let port = dead_port();
-            let mut cfg = config(
-                2,
-                &[
-                    ("BRIDGE_LISTENER_PORT", port.to_string()),
-                    ("BRIDGE_BUFFER_MAX_BYTES", max_bytes.to_string()),
-                ],
-            );
+            let mut cfg = config(2, &[("BRIDGE_BUFFER_MAX_BYTES", max_bytes.to_string())]);
             let statuses = Arc::new(Mutex::new(Vec::new()));
             let record = statuses.clone();
             cfg.progress = Some(Box::new(move |inv| {
                 if inv.index != 0 {
                     return;
                 }
+                let port = inv.listener_port.expect("the listener subscribed");
                 // An empty array padded with whitespace to the exact size.
                 let body = |size: usize| {
                     let mut b = vec![b' '; size];

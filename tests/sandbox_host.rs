@@ -46,8 +46,7 @@ fn the_listener_binds_the_sandbox_name_and_only_it() {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let port = dead_port();
-        let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let found = std::sync::Arc::new(std::sync::Mutex::new((0u16, Vec::new())));
         let into = found.clone();
         let tag = "BRIDGE_TEST_TAG=sandbox-host";
         let mut cfg = config(
@@ -56,14 +55,14 @@ fn the_listener_binds_the_sandbox_name_and_only_it() {
                 ("DISPATCH_POST_URI", sink.url()),
                 // Blank is unset: the bridge's own default, not the simulator's 127.0.0.1.
                 ("BRIDGE_LISTENER_ADDR", String::new()),
-                ("BRIDGE_LISTENER_PORT", port.to_string()),
                 ("BRIDGE_TEST_TAG", "sandbox-host".into()),
             ],
         );
         cfg.progress = Some(Box::new(move |inv| {
             if inv.index == 1 {
+                let port = inv.listener_port.expect("the listener subscribed");
                 if let Some(pid) = pid_of_tagged(tag) {
-                    *into.lock().expect("lock") = listening_addresses(pid, port);
+                    *into.lock().expect("lock") = (port, listening_addresses(pid, port));
                 }
             }
         }));
@@ -73,9 +72,9 @@ fn the_listener_binds_the_sandbox_name_and_only_it() {
             .as_str()
             .expect("URI")
             .to_string();
+        let (port, addresses) = found.lock().expect("lock").clone();
         assert_eq!(uri, format!("http://sandbox.localdomain:{port}/"));
         // Bound to the loopback address the name resolves to, not to every interface.
-        let addresses = found.lock().expect("lock").clone();
         assert_eq!(addresses, vec![format!("0100007F:{port:04X}")]);
         assert_eq!(received_raw(&sink), report.events_sent_raw);
     });

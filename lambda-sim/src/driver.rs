@@ -771,6 +771,7 @@ impl Driver {
                 runtime_done_emitted,
                 next_called_at,
                 extension_overhead,
+                listener_port: self.hub.destination_port(),
             },
             next,
         })

@@ -258,6 +258,9 @@ pub struct InvocationRecord {
     /// `next_called_at - runtime_done_emitted` (0 when the extension called before the runtime
     /// was done; the time waited when it never called): Lambda's postRuntimeExtensionsDuration.
     pub extension_overhead: Duration,
+    /// The port of the extension's telemetry listener, from its subscription (`None` before it
+    /// subscribed): where a test can POST to the listener without guessing a free port.
+    pub listener_port: Option<u16>,
 }
 
 /// One POST attempt of a telemetry batch to the extension's listener.

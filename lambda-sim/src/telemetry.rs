@@ -153,6 +153,12 @@ impl TelemetryHub {
         hub
     }
 
+    /// The subscription's destination port, once subscribed.
+    pub fn destination_port(&self) -> Option<u16> {
+        let uri = self.lock().sub.as_ref()?.uri.clone();
+        crate::parse_http_uri(&uri).ok().map(|(_, port)| port)
+    }
+
     /// What was dropped from the records so far.
     pub fn pruned(&self) -> Pruned {
         self.lock().pruned.clone()
