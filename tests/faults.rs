@@ -55,37 +55,44 @@ fn assert_held_at_most_the_flush_timeout(report: &SimReport) {
 #[test]
 fn raw_sink_failing_then_recovering_gets_everything_once_in_order() {
     block_on(async {
-        let sink = RecordingEndpoint::start(Behaviour::fail_first(4, 500))
-            .await
-            .expect("sink");
+        // Down for the first three invocations' flushes (each gives up at its deadline), then up.
+        let sink = std::sync::Arc::new(
+            RecordingEndpoint::start(Behaviour::always(500))
+                .await
+                .expect("sink"),
+        );
         let gateway = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("gateway");
-        let report = run(config(
+        let mut cfg = config(
             6,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
                 ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
             ],
-        ))
-        .await;
+        );
+        let recovering = sink.clone();
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index == 2 {
+                recovering.set_behaviour(Behaviour::ok());
+            }
+        }));
+        let report = run(cfg).await;
         assert_clean(&report);
+        // What the failed flushes left queued arrived later, once each, in order.
         assert_eq!(sink.received_events(), report.events_sent);
-        assert!(sink.requests().iter().filter(|r| r.status == 500).count() == 4);
+        let failures = sink.requests().iter().filter(|r| r.status == 500).count();
+        assert!(failures >= 3, "{failures} failed POSTs");
         let metrics = last_push(&gateway);
-        // Every 500 was followed by another try: a retry in the same flush, or (when the flush
-        // gave up) the next flush.
-        let retries = metric_value(&metrics, "bridge_sink_retries_total{sink=\"raw_json\"}");
         let gave_up = metric_value(
             &metrics,
             "bridge_sink_failures_total{reason=\"gave_up\",sink=\"raw_json\"}",
-        );
-        assert_eq!(
-            retries.unwrap_or(0.0) + gave_up.unwrap_or(0.0),
-            4.0,
-            "retries {retries:?}, flushes that gave up {gave_up:?}"
-        );
+        )
+        .unwrap_or(0.0);
+        assert!(gave_up >= 3.0, "{gave_up} flushes gave up");
+        let retries = metric_value(&metrics, "bridge_sink_retries_total{sink=\"raw_json\"}");
+        assert!(retries.unwrap_or(0.0) >= 1.0, "retried within a flush");
         assert_eq!(
             metric_value(
                 &metrics,
@@ -150,6 +157,19 @@ fn a_slow_sink_holds_an_invoke_no_longer_than_the_flush_timeout() {
         // Every POST reached the sink (its answers never came back in time), nothing was dropped
         // as rejected, and what was never confirmed is reported at shutdown.
         assert!(sink.requests_seen() >= 3, "{} POSTs", sink.requests_seen());
+        // At-least-once in exactly this case: unconfirmed events are sent again at the next flush.
+        let first = &report.events_sent_raw[0];
+        let carrying_first = sink
+            .requests()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains(first.as_str()))
+            .count();
+        assert!(
+            carrying_first >= 2,
+            "the unconfirmed first event was sent {carrying_first} time(s)"
+        );
+        // The listener kept answering Lambda while the sink hung: delivery is off its request path.
+        assert_eq!(report.totals.failed_telemetry_posts, 0);
         let out = &report.extension_output;
         assert!(!out.contains("rejected"), "{out}");
         assert!(
@@ -219,21 +239,33 @@ fn a_rejecting_sink_drops_with_an_error_line_and_a_count() {
 #[test]
 fn a_collector_answering_503_gets_the_spans_when_it_recovers() {
     block_on(async {
-        let collector = RecordingEndpoint::start(Behaviour::fail_first(6, 503))
-            .await
-            .expect("collector");
+        // Down for the first three invocations' flushes (each gives up at its deadline), then up.
+        let collector = std::sync::Arc::new(
+            RecordingEndpoint::start(Behaviour::always(503))
+                .await
+                .expect("collector"),
+        );
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let report = run(config(
+        let mut cfg = config(
             5,
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
             ],
-        ))
-        .await;
+        );
+        let recovering = collector.clone();
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index == 2 {
+                recovering.set_behaviour(Behaviour::ok());
+            }
+        }));
+        let report = run(cfg).await;
+        assert!(report
+            .extension_output
+            .contains("OTLP export failed; kept for the next flush"));
         assert_clean(&report);
         assert_eq!(
             sink.received_events(),
