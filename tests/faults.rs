@@ -26,24 +26,6 @@ fn max_hold(report: &SimReport) -> Duration {
         .unwrap_or_default()
 }
 
-fn assert_each_invocation_span_exported_once(report: &SimReport, collector: &RecordingEndpoint) {
-    let spans = common::otlp::spans(collector);
-    for invocation in &report.invocations {
-        let n = spans
-            .iter()
-            .filter(|(_, s)| {
-                common::otlp::attr_str(&s.attributes, "faas.invocation_id")
-                    == Some(&invocation.request_id)
-            })
-            .count();
-        assert_eq!(
-            n, 1,
-            "invocation {} exported exactly once",
-            invocation.index
-        );
-    }
-}
-
 fn assert_held_at_most_the_flush_timeout(report: &SimReport) {
     let held = max_hold(report);
     assert!(
@@ -513,7 +495,7 @@ struct ClosingEndpoint {
 
 impl ClosingEndpoint {
     fn start() -> ClosingEndpoint {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -529,33 +511,11 @@ impl ClosingEndpoint {
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
                     let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 65536];
                     for _ in 0..10_000 {
-                        let head_end = loop {
-                            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            match stream.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
+                        let Some((_, body)) = read_request(&mut stream, &mut buffer) else {
+                            return;
                         };
-                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buffer.len() < head_end + length {
-                            match stream.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        b.lock()
-                            .expect("lock")
-                            .push(buffer[head_end..head_end + length].to_vec());
-                        buffer.drain(..head_end + length);
+                        b.lock().expect("lock").push(body);
                         if stream
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                             .is_err()

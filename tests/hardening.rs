@@ -44,17 +44,7 @@ fn an_event_without_a_usable_time_costs_only_its_own_timestamp() {
         assert!(!out.contains("panicked"), "{out}");
 
         // Every invocation's span still left, after the bad events as before them.
-        let spans = common::otlp::spans(&collector);
-        for invocation in &report.invocations {
-            let n = spans
-                .iter()
-                .filter(|(_, s)| {
-                    common::otlp::attr_str(&s.attributes, "faas.invocation_id")
-                        == Some(&invocation.request_id)
-                })
-                .count();
-            assert_eq!(n, 1, "invocation {} exported once", invocation.index);
-        }
+        assert_each_invocation_span_exported_once(&report, &collector);
         // The records without a time are exported, observed when they arrived.
         let logs = common::otlp::logs(&collector);
         let body = |r: &opentelemetry_proto::tonic::logs::v1::LogRecord| match r
@@ -232,35 +222,10 @@ fn serve_flood(mut stream: TcpStream, answer_bytes: usize, record: &Mutex<Vec<(S
     let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
     let mut buffer = Vec::new();
-    let mut chunk = [0u8; 65536];
     for _ in 0..1000 {
-        let head_end = loop {
-            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
+        let Some((path, body)) = read_request(&mut stream, &mut buffer) else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while buffer.len() < head_end + length {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-        let body = buffer[head_end..head_end + length].to_vec();
-        buffer.drain(..head_end + length);
         record.lock().expect("lock").push((path, body));
         let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {answer_bytes}\r\n\r\n");
         if stream.write_all(answer.as_bytes()).is_err() {
@@ -506,23 +471,6 @@ fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, 
         let out = report.extension_output.clone();
         (report, results, out)
     })
-}
-
-/// The pid of the process whose environment holds `tag`.
-fn pid_of_tagged(tag: &str) -> Option<i32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok().unwrap_or(0);
-        if pid == 0 {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 #[test]

@@ -61,7 +61,7 @@ fn the_listener_binds_the_sandbox_name_and_only_it() {
         cfg.progress = Some(Box::new(move |inv| {
             if inv.index == 1 {
                 let port = inv.listener_port.expect("the listener subscribed");
-                if let Some(pid) = pid_of_tagged(tag) {
+                if let Some(pid) = pid_of_tagged(tag).and_then(|p| u32::try_from(p).ok()) {
                     *into.lock().expect("lock") = (port, listening_addresses(pid, port));
                 }
             }
@@ -78,24 +78,4 @@ fn the_listener_binds_the_sandbox_name_and_only_it() {
         assert_eq!(addresses, vec![format!("0100007F:{port:04X}")]);
         assert_eq!(received_raw(&sink), report.events_sent_raw);
     });
-}
-
-/// The pid of the process whose environment holds `tag`.
-fn pid_of_tagged(tag: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
 }

@@ -273,3 +273,83 @@ pub fn rss_of_tagged(tag: &str) -> Option<(u64, u64)> {
     }
     None
 }
+
+/// The pid of the process whose environment holds `tag` (`NAME=value`).
+pub fn pid_of_tagged(tag: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// One HTTP/1.1 request read from `stream` by a test's hand-made endpoint: the request line's
+/// path and the body (`Content-Length` bytes). What arrived beyond it stays in `buffer` for the
+/// next call. `None` when the peer closed (or a read failed) first.
+pub fn read_request(
+    stream: &mut std::net::TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let body = buffer[head_end..head_end + length].to_vec();
+    buffer.drain(..head_end + length);
+    Some((path, body))
+}
+
+/// Each invocation's SERVER span was exported exactly once.
+pub fn assert_each_invocation_span_exported_once(
+    report: &lambda_sim::SimReport,
+    collector: &lambda_sim::RecordingEndpoint,
+) {
+    let spans = otlp::spans(collector);
+    for invocation in &report.invocations {
+        let n = spans
+            .iter()
+            .filter(|(_, s)| {
+                otlp::attr_str(&s.attributes, "faas.invocation_id") == Some(&invocation.request_id)
+            })
+            .count();
+        assert_eq!(
+            n, 1,
+            "invocation {} exported exactly once",
+            invocation.index
+        );
+    }
+}
