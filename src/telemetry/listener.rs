@@ -148,6 +148,9 @@ pub fn start(
     }
 }
 
+/// Connections closed for carrying no request in time, over the process's life.
+static HEAD_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
 /// What the accept loop knows of a connection it handed over.
 struct OpenConnection {
     /// Tells the connection to finish its request in flight, if any, and close.
@@ -254,10 +257,15 @@ async fn serve_connection(
             _ = &mut first_request_by, if !used => {
                 if requests.load(Ordering::Relaxed) == 0 {
                     METRICS.refused(Refused::HeadTimeout);
-                    tracing::warn!(
-                        timeout_ms = HEAD_TIMEOUT.as_millis() as u64,
-                        "telemetry listener: no request on a connection in time; closed"
-                    );
+                    // A flood would otherwise log a line per connection.
+                    let closed = HEAD_TIMEOUTS.fetch_add(1, Ordering::Relaxed) + 1;
+                    if closed.is_power_of_two() {
+                        tracing::warn!(
+                            timeout_ms = HEAD_TIMEOUT.as_millis() as u64,
+                            closed_so_far = closed,
+                            "telemetry listener: no request on a connection in time; closed"
+                        );
+                    }
                     return;
                 }
                 used = true;
