@@ -510,7 +510,9 @@ mod tests {
         let started = Instant::now();
         match post(&server, Duration::from_millis(600)).await {
             Err(PostError::GaveUp { attempts, .. }) => {
-                assert_eq!(attempts as usize, server.arrivals().len());
+                // The last attempt may time out before its request was written.
+                let arrived = server.arrivals().len();
+                assert!(arrived == attempts as usize || arrived + 1 == attempts as usize);
                 // 25 ms doubling with jitter: several attempts fit in 600 ms.
                 assert!(attempts >= 3, "{attempts} attempts");
             }

@@ -61,9 +61,10 @@ fn the_listener_binds_the_sandbox_name_and_only_it() {
         cfg.progress = Some(Box::new(move |inv| {
             if inv.index == 1 {
                 let port = inv.listener_port.expect("the listener subscribed");
-                if let Some(pid) = pid_of_tagged(tag).and_then(|p| u32::try_from(p).ok()) {
-                    *into.lock().expect("lock") = (port, listening_addresses(pid, port));
-                }
+                let pid = pid_of_tagged(tag)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .expect("the bridge's pid");
+                *into.lock().expect("lock") = (port, listening_addresses(pid, port));
             }
         }));
         let report = run(cfg).await;
