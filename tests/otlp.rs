@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::otlp::{attr_bool, attr_int, attr_str};
 use common::*;
-use lambda_sim::otlp_receiver::hex;
+use lambda_sim::otlp_receiver::{hex, number_value};
 use lambda_sim::{Behaviour, RecordingEndpoint, SimReport};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric, Metric};
@@ -206,19 +206,7 @@ fn last<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
 
 fn sum_value(m: &Metric) -> f64 {
     match &m.data {
-        Some(metric::Data::Sum(s)) => s
-            .data_points
-            .iter()
-            .map(|p| match p.value {
-                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(
-                    i,
-                )) => i as f64,
-                Some(
-                    opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d),
-                ) => d,
-                None => 0.0,
-            })
-            .sum(),
+        Some(metric::Data::Sum(s)) => s.data_points.iter().map(number_value).sum(),
         other => panic!("{} is not a sum: {other:?}", m.name),
     }
 }
@@ -260,17 +248,7 @@ fn out_of_memory_and_failed_invocations_are_counted_by_type() {
             .data_points
             .iter()
             .map(|p| {
-                let value = match p.value {
-                    Some(
-                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i),
-                    ) => i as f64,
-                    Some(
-                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
-                            d,
-                        ),
-                    ) => d,
-                    None => 0.0,
-                };
+                let value = number_value(p);
                 let kind = attr_str(&p.attributes, "error.type")
                     .unwrap_or("?")
                     .to_string();
@@ -456,17 +434,7 @@ fn metrics_match_what_the_platform_reported() {
         match &last(&metrics, "aws.lambda.memory_size").data {
             Some(metric::Data::Gauge(g)) => {
                 let point = g.data_points.last().expect("a point");
-                let value = match point.value {
-                    Some(
-                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i),
-                    ) => i as f64,
-                    Some(
-                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
-                            d,
-                        ),
-                    ) => d,
-                    None => f64::NAN,
-                };
+                let value = number_value(point);
                 assert_eq!(value, size_mb * 1048576.0);
             }
             other => panic!("aws.lambda.memory_size is a gauge: {other:?}"),

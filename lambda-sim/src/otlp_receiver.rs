@@ -505,15 +505,20 @@ impl MetricKind {
     }
 }
 
+/// A number data point's value, integer or double (0 when absent). Counter values of a
+/// simulation are far below 2^53, so the conversion is exact.
+pub fn number_value(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> f64 {
+    match p.value {
+        Some(number_data_point::Value::AsDouble(d)) => d,
+        Some(number_data_point::Value::AsInt(i)) => i as f64,
+        None => 0.0,
+    }
+}
+
 /// A metric's kind, temporality (`Some(true)`: delta) and its value in one export: the sum of a
 /// sum, the count of a histogram or summary, the largest point of a gauge.
 pub fn metric_value(m: &Metric) -> (MetricKind, Option<bool>, f64) {
-    let number = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
-        Some(number_data_point::Value::AsDouble(d)) => d,
-        // Counter values of a simulation are far below 2^53.
-        Some(number_data_point::Value::AsInt(i)) => i as f64,
-        None => 0.0,
-    };
+    let number = number_value;
     let delta = |t: i32| Some(t == AggregationTemporality::Delta as i32);
     // Counts of a simulation are far below 2^53.
     match &m.data {

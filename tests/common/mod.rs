@@ -253,25 +253,16 @@ pub fn post_blocking(port: u16, body: &[u8]) -> u16 {
 
 /// Peak and current RSS (kB) of the process whose environment holds `tag`.
 pub fn rss_of_tagged(tag: &str) -> Option<(u64, u64)> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let path = entry.path();
-        let Ok(environ) = std::fs::read(path.join("environ")) else {
-            continue;
-        };
-        if !environ.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
-            continue;
-        }
-        let status = std::fs::read_to_string(path.join("status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        };
-        return Some((field("VmHWM:")?, field("VmRSS:")?));
-    }
-    None
+    let pid = pid_of_tagged(tag)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
 /// The pid of the process whose environment holds `tag` (`NAME=value`).
