@@ -1,5 +1,6 @@
 //! Wires the pieces together and runs the extension's lifecycle:
-//! register → start listener → subscribe → loop on `/event/next`, flushing before each freeze.
+//! register → start listener → subscribe → loop on `/event/next`. The delivery task flushes
+//! beside the loop; the loop tells it what is due and decides whether the invocation waits.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,9 +13,11 @@ use crate::config::url::redact_url;
 use crate::config::{Config, ConfigIssue, FlushPolicy, TelemetryType, SANDBOX_HOST};
 use crate::http::LazyClient;
 use crate::lifecycle::api::ErrorPhase;
+use crate::lifecycle::cadence::{Cadence, QueueState};
 use crate::lifecycle::{ExtensionsApi, NextEvent};
+use crate::pipeline::delivery::Delivery;
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
-use crate::self_metrics::{self, Dropped, Pusher, METRICS};
+use crate::self_metrics::{self, Pusher, METRICS};
 use crate::settings::Settings;
 use crate::sinks::otlp::{FunctionIdentity, OtlpSink};
 use crate::sinks::raw_json::RawJsonSink;
@@ -51,10 +54,13 @@ struct Bridge {
     /// False when the subscription failed: no runtimeDone will ever come, so never wait for it.
     telemetry_live: bool,
     listener: Option<listener::Listener>,
+    delivery: Delivery,
+    cadence: Cadence,
     last_flush: Instant,
     last_request: Option<String>,
     invocations: u64,
-    pusher: Option<Pusher>,
+    /// Shared with the pushes started beside the lifecycle.
+    pusher: Option<Arc<tokio::sync::Mutex<Pusher>>>,
 }
 
 /// Runs the extension until SHUTDOWN; the exit code Lambda sees.
@@ -169,7 +175,12 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
             .log_stream
             .clone()
             .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        Pusher::new(gateway, &instance, self_metrics.push_interval, http.clone())
+        Arc::new(tokio::sync::Mutex::new(Pusher::new(
+            gateway,
+            &instance,
+            self_metrics.push_interval,
+            http.clone(),
+        )))
     });
 
     let (progress_tx, progress_rx) = progress::channel();
@@ -186,13 +197,16 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         return fail_init(&api, &listen_issues).await;
     }
 
+    let delivery = Delivery::start(pipeline.clone(), config.flush_timeout);
     let mut bridge = Bridge {
+        cadence: Cadence::new(config.flush_max_delay),
         config,
         api,
         pipeline,
         progress: progress_rx,
         telemetry_live,
         listener,
+        delivery,
         last_flush: Instant::now(),
         last_request: None,
         invocations: 0,
@@ -350,11 +364,33 @@ impl Bridge {
         }
     }
 
-    fn flush_due(&self) -> bool {
+    /// Whether this invocation waits for its telemetry to leave (`false`: delivery runs beside
+    /// the lifecycle, or not at all until a later invocation or the shutdown).
+    fn holds(&mut self, request_id: &str) -> bool {
         match self.config.flush_policy {
             FlushPolicy::End => true,
             FlushPolicy::Periodic(every) => self.last_flush.elapsed() >= every,
             FlushPolicy::Shutdown => false,
+            FlushPolicy::Adaptive => {
+                let queue = QueueState {
+                    oldest_undelivered_since: self.pipeline.oldest_undelivered_since(),
+                    events: self.pipeline.pending(),
+                    max_events: self.config.queue_max_events,
+                };
+                match self.cadence.on_invoke(Instant::now(), queue) {
+                    Some(hold) => {
+                        tracing::debug!(request_id, why = hold.as_str(), "invoke: held");
+                        true
+                    }
+                    None => {
+                        // What is queued (earlier invocations' events) leaves while the function
+                        // runs; this invocation's leave during the next one.
+                        self.delivery.kick();
+                        self.push_self_metrics_beside();
+                        false
+                    }
+                }
+            }
         }
     }
 
@@ -362,14 +398,13 @@ impl Bridge {
         self.telemetry_live && self.config.subscribes_to(TelemetryType::Platform)
     }
 
-    /// Holds the invoke until its runtimeDone has arrived (the function runs meanwhile, so this
-    /// costs nothing until the runtime finishes), then flushes what the policy says is due.
+    /// A held invocation waits until its runtimeDone has arrived (the function runs meanwhile, so
+    /// this costs nothing until the runtime finishes), then for its telemetry to leave.
     async fn on_invoke(&mut self, request_id: String, deadline_ms: u64) {
         self.invocations += 1;
         METRICS.invocations.inc();
         self.last_request = Some(request_id.clone());
-        if !self.flush_due() {
-            tracing::debug!(request_id, "invoke: no flush due");
+        if !self.holds(&request_id) {
             return;
         }
         let started = Instant::now();
@@ -407,9 +442,12 @@ impl Bridge {
         }
         let waited = started.elapsed();
         let flush_deadline = Instant::now() + self.config.flush_timeout;
-        self.flush(FlushReason::Invoke, flush_deadline).await;
-        if let Some(pusher) = &mut self.pusher {
-            pusher.maybe_push(false, flush_deadline).await;
+        self.delivery
+            .flush(FlushReason::Invoke, flush_deadline)
+            .await;
+        self.last_flush = Instant::now();
+        if let Some(pusher) = &self.pusher {
+            pusher.lock().await.maybe_push(false, flush_deadline).await;
         }
         tracing::debug!(
             request_id,
@@ -419,48 +457,19 @@ impl Bridge {
         );
     }
 
-    async fn flush(&mut self, reason: FlushReason, deadline: Instant) -> bool {
-        let started = Instant::now();
-        let report = self.pipeline.flush(reason, deadline).await;
-        self.last_flush = Instant::now();
-        METRICS.flushed(reason.into(), started.elapsed().as_secs_f64());
-        let mut complete = true;
-        let mut dropped = Vec::new();
-        for sink in &report {
-            if sink.done < sink.offered {
-                complete = false;
-            }
-            if sink.dropped_by_overflow > 0 {
-                METRICS.dropped(sink.sink, Dropped::Overflow, sink.dropped_by_overflow);
-                dropped.push(format!("{}={}", sink.sink, sink.dropped_by_overflow));
-            }
-            if sink.timed_out {
-                tracing::warn!(
-                    sink = %sink.sink,
-                    delivered = sink.done,
-                    pending = sink.offered - sink.done,
-                    "flush deadline reached; the rest stays queued"
-                );
-            }
-            tracing::debug!(
-                sink = %sink.sink,
-                offered = sink.offered,
-                done = sink.done,
-                ?reason,
-                "flushed"
-            );
+    /// Pushes the self-metrics beside the lifecycle when their interval has passed.
+    fn push_self_metrics_beside(&self) {
+        let Some(pusher) = &self.pusher else {
+            return;
+        };
+        let Ok(mut pusher) = pusher.clone().try_lock_owned() else {
+            return; // a push is in progress
+        };
+        if !pusher.due() {
+            return;
         }
-        if !dropped.is_empty() {
-            tracing::warn!(
-                dropped = %dropped.join(","),
-                "queue full (BRIDGE_QUEUE_MAX_EVENTS / BRIDGE_QUEUE_MAX_BYTES): oldest events dropped"
-            );
-        }
-        tracing::debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "flush finished"
-        );
-        complete
+        let deadline = Instant::now() + self.config.flush_timeout;
+        tokio::spawn(async move { pusher.maybe_push(false, deadline).await });
     }
 
     /// Drains: waits for the last invocation's report (it arrives after SHUTDOWN), then flushes
@@ -500,13 +509,18 @@ impl Bridge {
         }
         // Nothing new can arrive now; further rounds only retry what a sink left undelivered.
         for _ in 0..SHUTDOWN_FLUSH_ROUNDS {
-            let complete = self.flush(FlushReason::Shutdown, hard_deadline).await;
+            let complete = self
+                .delivery
+                .flush(FlushReason::Shutdown, hard_deadline)
+                .await;
             if complete || Instant::now() >= hard_deadline {
                 break;
             }
         }
-        if let Some(pusher) = &mut self.pusher {
-            pusher.maybe_push(true, hard_deadline).await;
+        if let Some(pusher) = &self.pusher {
+            if let Ok(mut pusher) = tokio::time::timeout_at(hard_deadline, pusher.lock()).await {
+                pusher.maybe_push(true, hard_deadline).await;
+            }
         }
         let pending = self.pipeline.pending();
         if pending > 0 {

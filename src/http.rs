@@ -78,8 +78,8 @@ impl Endpoint {
 }
 
 impl Transport {
-    /// One request, bounded by `timeout` (connect, send and the whole answer); the error is a
-    /// description without the URL (which could carry credentials).
+    /// One request, bounded by `timeout` (connect, send and the whole answer) of time the process
+    /// was not frozen; the error is a description without the URL (which could carry credentials).
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -116,28 +116,32 @@ impl Transport {
                         body,
                     })
                 };
-                tokio::time::timeout(timeout, exchange)
+                crate::awake::timeout(timeout, exchange)
                     .await
                     .map_err(|_| "timed out".to_string())?
             }
             Transport::Tls(client) => {
-                let response = client
-                    .request(method, endpoint.url.clone())
-                    .headers(headers.clone())
-                    .timeout(timeout)
-                    .body(body)
-                    .send()
+                let exchange = async {
+                    let response = client
+                        .request(method, endpoint.url.clone())
+                        .headers(headers.clone())
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| describe(&e))?;
+                    let status = response.status();
+                    let retry_after = retry_after(response.headers());
+                    let body = read_bounded(reqwest::Body::from(response)).await;
+                    Ok(Answer {
+                        status,
+                        retry_after,
+                        body,
+                    })
+                };
+                // Not reqwest's own timeout: this one does not count a freeze (`crate::awake`).
+                crate::awake::timeout(timeout, exchange)
                     .await
-                    .map_err(|e| describe(&e))?;
-                let status = response.status();
-                let retry_after = retry_after(response.headers());
-                // reqwest's timeout above covers reading the body too.
-                let body = read_bounded(reqwest::Body::from(response)).await;
-                Ok(Answer {
-                    status,
-                    retry_after,
-                    body,
-                })
+                    .map_err(|_| "timed out".to_string())?
             }
         }
     }
@@ -306,27 +310,36 @@ pub async fn post_with_retry(
     attempt_timeout: Duration,
 ) -> Result<Delivered, PostError> {
     let mut attempts = 0u32;
+    let mut deadline = deadline;
     let mut last;
     loop {
         attempts += 1;
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
         if remaining.is_zero() {
             return Err(PostError::GaveUp {
                 attempts: attempts - 1,
                 last: "no time left".into(),
             });
         }
+        let timeout = remaining.min(attempt_timeout);
         let mut retry_after = None;
-        match client
+        let answer = client
             .send(
                 reqwest::Method::POST,
                 endpoint,
                 headers,
                 body.clone(),
-                remaining.min(attempt_timeout),
+                timeout,
             )
-            .await
-        {
+            .await;
+        // An attempt that lasted longer than its timeout allows was frozen part of the time (a
+        // peer that closed the connection meanwhile fails it only at the thaw): the retries get
+        // the time that was left, counted from the thaw (`crate::awake`).
+        if started.elapsed() > timeout + crate::awake::FREEZE_EVIDENCE {
+            deadline = Instant::now() + remaining;
+        }
+        match answer {
             Ok(answer) if answer.status.is_success() => {
                 return Ok(Delivered {
                     attempts,

@@ -9,6 +9,7 @@
 //! depend on this one.
 
 pub mod app;
+pub mod awake;
 pub mod config;
 pub mod event;
 pub mod http;

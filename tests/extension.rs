@@ -56,13 +56,21 @@ fn registers_subscribes_and_delivers_every_event_once_unchanged_in_order() {
     });
 }
 
+/// `end`'s promise (`adaptive` keeps it for sparse traffic: tests/adaptive.rs).
 #[test]
 fn an_invocations_events_leave_before_the_next_event_next() {
     block_on(async {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
             .expect("sink");
-        let report = run(config(8, &[("DISPATCH_POST_URI", sink.url())])).await;
+        let report = run(config(
+            8,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH", "end".into()),
+            ],
+        ))
+        .await;
         assert_runtime_done_left_before_next(&report, &sink);
     });
 }
@@ -81,6 +89,7 @@ fn invocations_longer_than_the_flush_timeout_are_still_waited_for() {
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", "100".into()),
+                ("BRIDGE_FLUSH", "end".into()),
             ],
         );
         cfg.invoke_duration_ms = 600; // ± 50 %: 300–900 ms, more than one 250 ms step

@@ -52,6 +52,9 @@ fn raw_sink_failing_then_recovering_gets_everything_once_in_order() {
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
                 ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
+                // In order needs one flush at a time: `adaptive`'s overlapping flushes let a
+                // retried batch arrive after newer ones (tests/adaptive.rs checks it once each).
+                ("BRIDGE_FLUSH", "end".into()),
             ],
         );
         let recovering = sink.clone();
@@ -599,6 +602,10 @@ fn a_backlog_split_into_several_posts_resumes_after_the_accepted_part() {
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", "1000".into()),
+                // Each invocation's flush spends its second on the failures, so that they are
+                // over before the shutdown's short budget (under `adaptive`, the three quick
+                // invocations after the first would leave most of them to the shutdown).
+                ("BRIDGE_FLUSH", "end".into()),
             ],
         );
         let pushed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -637,7 +644,8 @@ fn a_backlog_split_into_several_posts_resumes_after_the_accepted_part() {
         assert_eq!(
             from_sim.len(),
             report.events_sent_raw.len(),
-            "simulated events once"
+            "simulated events once\n{}",
+            report.extension_output
         );
         assert_eq!(from_push.len(), pushed.len(), "pushed events once");
         assert!(

@@ -26,6 +26,8 @@ fn metrics_endpoint_and_pushgateway_show_the_bridges_work() {
                 ("BRIDGE_METRICS_ADDR", format!("127.0.0.1:{port}")),
                 ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
                 ("BRIDGE_PUSH_INTERVAL_MS", "3600000".into()),
+                // Every invocation flushes at its end: the counts below follow from that.
+                ("BRIDGE_FLUSH", "end".into()),
             ],
         );
         let into = scraped.clone();

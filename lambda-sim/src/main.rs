@@ -26,10 +26,13 @@ OPTIONS:
     --timeouts-every N        every Nth invocation ends with status \"timeout\"
     --logs-dropped-every N    every Nth invocation, Lambda also emits platform.logsDropped
     --function-timeout-ms N   function timeout; a timed-out invocation lasts this long (default 3000)
+    --function-ms N           how long each invocation's function runs (default 8)
     --between-ms N            idle time between invocations (default 0)
     --freeze                  SIGSTOP the extension between invocations, as Lambda freezes it
     --snap-start              emit SnapStart restore events instead of init events
     --no-otlp                 do not start the embedded OTLP receiver (OTLP output stays off)
+    --endpoint-latency-ms N   the embedded endpoints answer after N ms (a network away; default 0)
+    --endpoint-jitter-ms N    and up to N ms more, drawn per request (default 0)
     --extension PATH          extension binary (default: lambda-telemetry-bridge next to this binary)
     --quiet                   hide the extension's own logs
     -h, --help                this help
@@ -59,6 +62,9 @@ struct Args {
     logs_dropped_every: Option<usize>,
     function_timeout_ms: Option<u64>,
     between_ms: u64,
+    function_ms: Option<u64>,
+    endpoint_latency_ms: u64,
+    endpoint_jitter_ms: u64,
     freeze: bool,
     snap_start: bool,
     no_otlp: bool,
@@ -74,6 +80,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         logs_dropped_every: None,
         function_timeout_ms: None,
         between_ms: 0,
+        function_ms: None,
+        endpoint_latency_ms: 0,
+        endpoint_jitter_ms: 0,
         freeze: false,
         snap_start: false,
         no_otlp: false,
@@ -106,6 +115,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--logs-dropped-every" => a.logs_dropped_every = every(&flag, value())?,
             "--function-timeout-ms" => a.function_timeout_ms = Some(number(&flag, value())?),
             "--between-ms" => a.between_ms = number(&flag, value())?,
+            "--function-ms" => a.function_ms = Some(number(&flag, value())?),
+            "--endpoint-latency-ms" => a.endpoint_latency_ms = number(&flag, value())?,
+            "--endpoint-jitter-ms" => a.endpoint_jitter_ms = number(&flag, value())?,
             "--freeze" => a.freeze = true,
             "--snap-start" => a.snap_start = true,
             "--no-otlp" => a.no_otlp = true,
@@ -346,10 +358,14 @@ impl Outputs {
         let user_var = |env: &[(String, String)], name: &str| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         };
+        let latency = Behaviour::ok().with_latency(
+            Duration::from_millis(args.endpoint_latency_ms),
+            Duration::from_millis(args.endpoint_jitter_ms),
+        );
         let raw_endpoint = if user_var(&env, "DISPATCH_POST_URI").is_some() {
             None
         } else {
-            let ep = RecordingEndpoint::start(Behaviour::ok())
+            let ep = RecordingEndpoint::start(latency.clone())
                 .await
                 .map_err(|e| e.to_string())?;
             env.push(("DISPATCH_POST_URI".into(), ep.url()));
@@ -359,7 +375,7 @@ impl Outputs {
             Some(url) => (None, OtlpTarget::External(url)),
             None if args.no_otlp => (None, OtlpTarget::Off),
             None => {
-                let ep = RecordingEndpoint::start(Behaviour::ok())
+                let ep = RecordingEndpoint::start(latency.clone())
                     .await
                     .map_err(|e| e.to_string())?;
                 let url = format!("http://{}", ep.addr());
@@ -464,6 +480,9 @@ fn sim_config(
     };
     if let Some(t) = args.function_timeout_ms {
         cfg.function_timeout_ms = t;
+    }
+    if let Some(ms) = args.function_ms {
+        cfg.invoke_duration_ms = ms;
     }
     cfg
 }

@@ -1055,6 +1055,7 @@ mod tests {
             headers,
             body,
             arrived_at: Instant::now(),
+            answered_at: Instant::now(),
             status: 200,
         }
     }

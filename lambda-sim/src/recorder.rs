@@ -26,8 +26,10 @@ pub struct Behaviour {
     pub fail_status: u16,
     /// When set, every request (after the `fail_first` ones) is answered with this status.
     pub always_status: Option<u16>,
-    /// Wait this long before each answer.
+    /// Wait this long before each answer (an endpoint a network away).
     pub delay: Duration,
+    /// And up to this much more, drawn uniformly per request.
+    pub jitter: Duration,
 }
 
 impl Default for Behaviour {
@@ -38,6 +40,7 @@ impl Default for Behaviour {
             fail_status: 500,
             always_status: None,
             delay: Duration::ZERO,
+            jitter: Duration::ZERO,
         }
     }
 }
@@ -76,6 +79,13 @@ impl Behaviour {
         self.delay = delay;
         self
     }
+
+    /// Each answer delayed by `delay` plus up to `jitter`, drawn uniformly per request.
+    pub fn with_latency(mut self, delay: Duration, jitter: Duration) -> Behaviour {
+        self.delay = delay;
+        self.jitter = jitter;
+        self
+    }
 }
 
 /// One request a [`RecordingEndpoint`] received.
@@ -91,6 +101,8 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
     /// When the request (headers and body) had arrived.
     pub arrived_at: Instant,
+    /// When its answer was sent (after the behaviour's delay).
+    pub answered_at: Instant,
     /// The status it was answered with.
     pub status: u16,
 }
@@ -292,7 +304,7 @@ async fn record(
             b.always_status.unwrap_or(200)
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let delay = b.delay;
+        let delay = b.delay + b.jitter.mul_f64(fastrand::f64());
         inner.requests.push(RecordedRequest {
             method: method.as_str().to_string(),
             path: uri
@@ -310,6 +322,7 @@ async fn record(
                 .collect(),
             body: body.to_vec(),
             arrived_at,
+            answered_at: arrived_at + delay,
             status: status.as_u16(),
         });
         (status, delay)

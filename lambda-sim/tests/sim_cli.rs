@@ -54,7 +54,10 @@ fn lambda_sim(args: &[&str], signal: Option<(usize, libc::c_int)>) -> Run {
     let mut lines: Vec<String> = Vec::new();
     let mut signalled = false;
     let status = loop {
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+        // Bounded: a fast run prints more often than the wait, which must not keep this loop
+        // from checking the signal and the exit.
+        let round = Instant::now() + Duration::from_millis(50);
+        while let Ok(line) = rx.recv_timeout(round.saturating_duration_since(Instant::now())) {
             lines.push(line);
         }
         if let Some((after, sig)) = signal {

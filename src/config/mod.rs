@@ -45,6 +45,11 @@ impl Default for Buffering {
 /// When the pipeline flushes on an invoke. Shutdown always flushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
+    /// While invocations come steadily, deliver beside the lifecycle (what is queued leaves as the
+    /// next invocation begins, and the invocation is not held); when they are sparse (the
+    /// expected gap, the oldest undelivered event's age, or the queue beyond its bound), or at
+    /// the first invocation, as `End`.
+    Adaptive,
     /// After every invocation's `platform.runtimeDone`, before the freeze.
     End,
     /// On an invoke only when the last flush is older than this.
@@ -56,6 +61,7 @@ pub enum FlushPolicy {
 impl fmt::Display for FlushPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            FlushPolicy::Adaptive => f.write_str("adaptive"),
             FlushPolicy::End => f.write_str("end"),
             FlushPolicy::Periodic(d) => write!(f, "periodic:{}", d.as_millis()),
             FlushPolicy::Shutdown => f.write_str("shutdown"),
@@ -96,6 +102,8 @@ pub struct Config {
     /// What the listener falls back to when the configured host cannot be bound.
     pub default_listener_host: String,
     pub flush_policy: FlushPolicy,
+    /// `adaptive`: the longest telemetry should wait in the environment while traffic is steady.
+    pub flush_max_delay: Duration,
     pub flush_timeout: Duration,
     pub queue_max_events: usize,
     pub queue_max_bytes: usize,
@@ -131,6 +139,10 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// `adaptive` holds invocations that come less often than this (and delivers what waited
+/// longer): fresh within a couple of seconds, and a function invoked every few seconds keeps its
+/// telemetry out of the freeze at the price of `end`.
+pub const DEFAULT_FLUSH_MAX_DELAY: Duration = Duration::from_millis(2_000);
 /// Sized for a 128 MB function: 8 MiB of queued telemetry at most, and room for two of the
 /// largest POSTs Lambda sends (maxItems ≤ 10,000).
 pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 20_000;
@@ -197,10 +209,16 @@ impl Config {
             .parse(
                 "BRIDGE_FLUSH",
                 parse_flush_policy,
-                "end, periodic:<ms> (ms ≥ 1) or shutdown",
-                "using end",
+                "adaptive, end, periodic:<ms> (ms ≥ 1) or shutdown",
+                "using adaptive",
             )
-            .unwrap_or(FlushPolicy::End);
+            .unwrap_or(FlushPolicy::Adaptive);
+        let flush_max_delay = Duration::from_millis(u64::from(env.ranged(
+            "BRIDGE_FLUSH_MAX_DELAY_MS",
+            1,
+            3_600_000,
+            DEFAULT_FLUSH_MAX_DELAY.as_millis() as u32,
+        )));
         let flush_timeout = Duration::from_millis(u64::from(env.ranged(
             "BRIDGE_FLUSH_TIMEOUT_MS",
             1,
@@ -237,6 +255,7 @@ impl Config {
             listener_port,
             default_listener_host: default_listener_host.to_string(),
             flush_policy,
+            flush_max_delay,
             flush_timeout,
             queue_max_events,
             queue_max_bytes,
@@ -269,6 +288,7 @@ fn parse_types(raw: &str) -> Option<Vec<TelemetryType>> {
 fn parse_flush_policy(raw: &str) -> Option<FlushPolicy> {
     let raw = raw.trim();
     match raw.to_ascii_lowercase().as_str() {
+        "adaptive" => Some(FlushPolicy::Adaptive),
         "end" => Some(FlushPolicy::End),
         "shutdown" => Some(FlushPolicy::Shutdown),
         other => {
@@ -331,6 +351,7 @@ mod tests {
     #[test]
     fn flush_policies_parse() {
         assert_eq!(parse_flush_policy("end"), Some(FlushPolicy::End));
+        assert_eq!(parse_flush_policy("Adaptive"), Some(FlushPolicy::Adaptive));
         assert_eq!(parse_flush_policy("SHUTDOWN"), Some(FlushPolicy::Shutdown));
         assert_eq!(
             parse_flush_policy("periodic:250"),

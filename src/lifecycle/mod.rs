@@ -1,5 +1,6 @@
 //! The Extensions API side: registration, the `/event/next` loop's events, error reports.
 
 pub mod api;
+pub mod cadence;
 
 pub use api::{ExtensionsApi, LifecycleError, NextEvent, Registration};

@@ -1,10 +1,13 @@
 //! The batching core shared by every sink.
 //!
 //! Events go into one bounded, append-only [`queue::Queue`] with a cursor per sink; a flush hands
-//! each sink the events it has not yet taken, concurrently and under one deadline, and advances
-//! its cursor by what the sink reports done. One sink that is down neither holds back the others
-//! nor makes them send twice; its events stay queued (within the limits) for the next flush.
+//! each sink the events it has not yet taken, concurrently and under one deadline, and settles
+//! what the sink reports done. One sink that is down neither holds back the others nor makes them
+//! send twice; its events stay queued (within the limits) for the next flush. Flushes may overlap
+//! (the [`delivery`] task runs them beside the lifecycle): each takes only what no flush in
+//! progress holds.
 
+pub mod delivery;
 pub mod queue;
 
 use std::future::Future;
@@ -22,10 +25,14 @@ use queue::Queue;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a flush happens; sinks may batch differently (the raw sink's `DISPATCH_MIN_BATCH_SIZE`
-/// applies to invoke flushes only).
+/// does not apply at shutdown; OTLP metrics are collected on their own clock in the background).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushReason {
+    /// At the end of an invocation, which waits for it (before the freeze).
     Invoke,
+    /// Beside the lifecycle, while the function runs; nothing waits for it.
+    Background,
+    /// The last flushes, before `deadlineMs`.
     Shutdown,
 }
 
@@ -33,6 +40,7 @@ impl From<FlushReason> for FlushTrigger {
     fn from(reason: FlushReason) -> FlushTrigger {
         match reason {
             FlushReason::Invoke => FlushTrigger::Invoke,
+            FlushReason::Background => FlushTrigger::Background,
             FlushReason::Shutdown => FlushTrigger::Shutdown,
         }
     }
@@ -41,7 +49,8 @@ impl From<FlushReason> for FlushTrigger {
 /// What a sink gets for one flush.
 pub struct FlushContext<'a> {
     pub reason: FlushReason,
-    /// Everything must be done by then; the pipeline abandons the sink's future at this instant.
+    /// Everything must be done by then; the pipeline abandons the sink's future at this instant
+    /// (except at shutdown, later by the time the process spent frozen: `crate::awake`).
     pub deadline: Instant,
     /// The sink raises this to the number of leading events it is done with (delivered, or
     /// dropped on purpose) as it goes, so progress survives the deadline cutting it short.
@@ -125,53 +134,69 @@ impl Pipeline {
         }
     }
 
-    /// Events queued and not yet taken by the slowest sink.
+    /// Events queued that some sink has not delivered yet.
     pub fn pending(&self) -> usize {
         self.queue().len()
+    }
+
+    /// Whether any sink has events to take.
+    pub fn has_pending(&self) -> bool {
+        let queue = self.queue();
+        (0..self.sinks.len()).any(|i| queue.has_pending_for(i))
+    }
+
+    /// When the oldest event some sink has not delivered arrived.
+    pub fn oldest_undelivered_since(&self) -> Option<Instant> {
+        self.queue().oldest_undelivered_since()
     }
 
     pub fn sink_names(&self) -> Vec<&'static str> {
         self.sinks.iter().map(|s| s.name().as_str()).collect()
     }
 
-    /// Offers every sink its pending events, concurrently, until `deadline`.
+    /// Offers every sink what it has not taken yet (what it owes first), concurrently, until
+    /// `deadline`. Flushes may run at the same time: each takes only what the others do not hold.
     pub async fn flush(&self, reason: FlushReason, deadline: Instant) -> Vec<SinkFlush> {
         self.series_created.call_once(|| {
             for sink in &self.sinks {
                 METRICS.init_sink(sink.name());
             }
         });
-        let batches: Vec<(u64, Vec<Event>, u64)> = {
+        let batches: Vec<(Option<queue::Taken>, u64)> = {
             let mut queue = self.queue();
             (0..self.sinks.len())
-                .map(|i| {
-                    let (start, events) = queue.pending_for(i);
-                    (start, events, queue.take_dropped(i))
-                })
+                .map(|i| (queue.take(i), queue.take_dropped(i)))
                 .collect()
         };
         let progress: Vec<AtomicUsize> =
             (0..self.sinks.len()).map(|_| AtomicUsize::new(0)).collect();
         let flushes = self.sinks.iter().zip(&batches).zip(&progress).map(
-            |((sink, (_, events, _)), done)| async move {
-                if events.is_empty() {
+            |((sink, (taken, _)), done)| async move {
+                let Some(taken) = taken else {
                     return false;
-                }
+                };
                 let ctx = FlushContext {
                     reason,
                     deadline,
                     done,
                 };
-                match tokio::time::timeout_at(deadline, CatchPanic(sink.flush(events, ctx))).await {
-                    Ok(Ok(())) => false,
-                    Ok(Err(())) => {
+                let delivery = CatchPanic(sink.flush(&taken.events, ctx));
+                // No freeze comes after SHUTDOWN, and Lambda kills at its deadline: a hard cut.
+                let outcome = if reason == FlushReason::Shutdown {
+                    tokio::time::timeout_at(deadline, delivery).await.ok()
+                } else {
+                    crate::awake::timeout_at(deadline, delivery).await.ok()
+                };
+                match outcome {
+                    Some(Ok(())) => false,
+                    Some(Err(())) => {
                         tracing::error!(
                             sink = %sink.name(),
                             "sink panicked during a flush; its undelivered events stay queued"
                         );
                         false
                     }
-                    Err(_) => true,
+                    None => true,
                 }
             },
         );
@@ -179,12 +204,15 @@ impl Pipeline {
 
         let mut queue = self.queue();
         let mut report = Vec::with_capacity(self.sinks.len());
-        for (i, ((start, events, dropped), done)) in batches.iter().zip(&progress).enumerate() {
-            let done = done.load(Ordering::Relaxed).min(events.len());
-            queue.advance(i, *start, done);
+        for (i, ((taken, dropped), done)) in batches.iter().zip(&progress).enumerate() {
+            let offered = taken.as_ref().map_or(0, |t| t.events.len());
+            let done = done.load(Ordering::Relaxed).min(offered);
+            if let Some(taken) = taken {
+                queue.settle(i, taken, done);
+            }
             report.push(SinkFlush {
                 sink: self.sinks[i].name(),
-                offered: events.len(),
+                offered,
                 done,
                 timed_out: timed_out[i],
                 dropped_by_overflow: *dropped,

@@ -1,19 +1,72 @@
 //! A bounded append-only queue with one read cursor per sink.
 //!
-//! Sequence numbers identify events; `base` is the sequence number of the front event. An event
-//! leaves the queue once every sink's cursor has passed it, or when the limits force the oldest
-//! out, in which case each sink that had not taken it counts it as dropped.
+//! Sequence numbers identify events; `base` is the sequence number of the front event. A sink
+//! *takes* events for a flight (several flights may be in progress at once, so a slow endpoint's
+//! round trip does not hold back what arrived after it), then *settles* the flight: what it did
+//! not deliver is owed to it and offered first next time. An event leaves the queue once no sink
+//! can need it again, or when the limits force the oldest out, in which case each sink that had
+//! not delivered it counts it as dropped.
 
 use std::collections::VecDeque;
 
+use tokio::time::Instant;
+
 use crate::event::Event;
+
+/// What one sink has taken, delivered and still owes, by sequence number.
+#[derive(Debug, Default)]
+struct SinkCursor {
+    /// The first event never handed to the sink.
+    fresh: u64,
+    /// Handed out and given back undelivered, ascending: offered again before fresh events.
+    owed: Vec<u64>,
+    /// The lowest sequence number of each flight in progress (unique: nothing is handed out
+    /// twice at once).
+    in_flight: Vec<u64>,
+    /// Lost to the limits before this sink delivered them, since the last `take_dropped`.
+    dropped: u64,
+}
+
+impl SinkCursor {
+    /// The lowest sequence number this sink may still need.
+    fn floor(&self) -> u64 {
+        let mut floor = self.fresh;
+        if let Some(first) = self.owed.first() {
+            floor = floor.min(*first);
+        }
+        for lowest in &self.in_flight {
+            floor = floor.min(*lowest);
+        }
+        floor
+    }
+}
+
+/// Events handed to one sink for one flight: the owed ones first, then fresh ones from
+/// `fresh_start` on.
+#[derive(Debug)]
+pub struct Taken {
+    owed: Vec<u64>,
+    fresh_start: u64,
+    pub events: Vec<Event>,
+}
+
+impl Taken {
+    fn seq(&self, index: usize) -> u64 {
+        match self.owed.get(index) {
+            Some(seq) => *seq,
+            None => self.fresh_start + (index - self.owed.len()) as u64,
+        }
+    }
+}
 
 pub struct Queue {
     events: VecDeque<Event>,
+    /// The first sequence number of each push and when it arrived (for the age of the oldest
+    /// undelivered event).
+    arrivals: VecDeque<(u64, Instant)>,
     base: u64,
     bytes: usize,
-    cursors: Vec<u64>,
-    dropped: Vec<u64>,
+    sinks: Vec<SinkCursor>,
     max_events: usize,
     max_bytes: usize,
 }
@@ -22,10 +75,10 @@ impl Queue {
     pub fn new(sinks: usize, max_events: usize, max_bytes: usize) -> Queue {
         Queue {
             events: VecDeque::new(),
+            arrivals: VecDeque::new(),
             base: 0,
             bytes: 0,
-            cursors: vec![0; sinks],
-            dropped: vec![0; sinks],
+            sinks: (0..sinks).map(|_| SinkCursor::default()).collect(),
             max_events: max_events.max(1),
             max_bytes,
         }
@@ -43,10 +96,15 @@ impl Queue {
         self.bytes
     }
 
+    fn end(&self) -> u64 {
+        self.base + self.events.len() as u64
+    }
+
     pub fn push(&mut self, events: Vec<Event>) {
-        if self.cursors.is_empty() {
+        if self.sinks.is_empty() || events.is_empty() {
             return; // no sink: nothing to keep
         }
+        self.arrivals.push_back((self.end(), Instant::now()));
         for event in events {
             self.bytes += event.size();
             self.events.push_back(event);
@@ -57,10 +115,16 @@ impl Queue {
             self.pop_front();
         }
         // Cursors behind the new front lost those events.
-        for (cursor, dropped) in self.cursors.iter_mut().zip(self.dropped.iter_mut()) {
-            if *cursor < self.base {
-                *dropped += self.base - *cursor;
-                *cursor = self.base;
+        let base = self.base;
+        for sink in &mut self.sinks {
+            if sink.fresh < base {
+                sink.dropped += base - sink.fresh;
+                sink.fresh = base;
+            }
+            let lost = sink.owed.partition_point(|seq| *seq < base);
+            if lost > 0 {
+                sink.dropped += lost as u64;
+                sink.owed.drain(..lost);
             }
         }
     }
@@ -69,32 +133,96 @@ impl Queue {
         if let Some(event) = self.events.pop_front() {
             self.bytes -= event.size();
             self.base += 1;
+            while self.arrivals.len() > 1 && self.arrivals[1].0 <= self.base {
+                self.arrivals.pop_front();
+            }
         }
     }
 
-    /// The events sink `i` has not taken yet, with the sequence number of the first.
-    pub fn pending_for(&self, i: usize) -> (u64, Vec<Event>) {
-        let cursor = self.cursors[i].max(self.base);
-        let skip = (cursor - self.base) as usize;
-        (cursor, self.events.iter().skip(skip).cloned().collect())
+    /// Whether sink `i` has anything to take.
+    pub fn has_pending_for(&self, i: usize) -> bool {
+        let sink = &self.sinks[i];
+        !sink.owed.is_empty() || sink.fresh.max(self.base) < self.end()
     }
 
-    /// Sink `i` is done with `count` events starting at sequence number `start`.
-    pub fn advance(&mut self, i: usize, start: u64, count: usize) {
-        let end = start + count as u64;
-        if end > self.cursors[i] {
-            self.cursors[i] = end;
+    /// Hands sink `i` everything it owes and has not taken yet, for one flight; `None` when there
+    /// is nothing. Settle the flight with [`Queue::settle`].
+    pub fn take(&mut self, i: usize) -> Option<Taken> {
+        if !self.has_pending_for(i) {
+            return None;
         }
+        let base = self.base;
+        let end = self.end();
+        let sink = &mut self.sinks[i];
+        let owed = std::mem::take(&mut sink.owed);
+        let fresh_start = sink.fresh.max(base);
+        let mut events = Vec::with_capacity(owed.len() + (end - fresh_start) as usize);
+        events.extend(
+            owed.iter()
+                .map(|seq| self.events[(seq - base) as usize].clone()),
+        );
+        events.extend(self.events.range((fresh_start - base) as usize..).cloned());
+        sink.fresh = end;
+        let taken = Taken {
+            owed,
+            fresh_start,
+            events,
+        };
+        sink.in_flight.push(taken.seq(0));
+        Some(taken)
     }
 
-    /// Events dropped by overflow before sink `i` took them, since the last call.
+    /// Sink `i` delivered the first `done` events of `taken` (or dropped them on purpose); the
+    /// rest are owed to it.
+    pub fn settle(&mut self, i: usize, taken: &Taken, done: usize) {
+        let base = self.base;
+        let sink = &mut self.sinks[i];
+        if let Some(at) = sink.in_flight.iter().position(|s| *s == taken.seq(0)) {
+            sink.in_flight.swap_remove(at);
+        }
+        let done = done.min(taken.events.len());
+        if done == taken.events.len() {
+            return;
+        }
+        let returned: Vec<u64> = (done..taken.events.len()).map(|k| taken.seq(k)).collect();
+        let lost = returned.iter().filter(|seq| **seq < base).count();
+        sink.dropped += lost as u64;
+        sink.owed
+            .extend(returned.into_iter().filter(|seq| *seq >= base));
+        sink.owed.sort_unstable();
+        sink.owed.dedup();
+    }
+
+    /// Events dropped by overflow before sink `i` delivered them, since the last call.
     pub fn take_dropped(&mut self, i: usize) -> u64 {
-        std::mem::take(&mut self.dropped[i])
+        std::mem::take(&mut self.sinks[i].dropped)
     }
 
-    /// Releases events every sink has passed.
+    /// When the oldest event some sink has not delivered arrived.
+    pub fn oldest_undelivered_since(&self) -> Option<Instant> {
+        let floor = self
+            .sinks
+            .iter()
+            .map(SinkCursor::floor)
+            .min()?
+            .max(self.base);
+        if floor >= self.end() {
+            return None;
+        }
+        let at = self.arrivals.partition_point(|(first, _)| *first <= floor);
+        self.arrivals
+            .get(at.saturating_sub(1))
+            .map(|(_, when)| *when)
+    }
+
+    /// Releases events no sink can need again.
     pub fn trim(&mut self) {
-        let min = self.cursors.iter().copied().min().unwrap_or(self.base);
+        let min = self
+            .sinks
+            .iter()
+            .map(SinkCursor::floor)
+            .min()
+            .unwrap_or(self.base);
         while self.base < min && !self.events.is_empty() {
             self.pop_front();
         }
@@ -122,37 +250,104 @@ mod tests {
     fn each_sink_sees_every_event_once() {
         let mut q = Queue::new(2, 100, 1 << 20);
         q.push((0..3).map(ev).collect());
-        let (start, a) = q.pending_for(0);
-        assert_eq!(a.len(), 3);
-        q.advance(0, start, 3);
+        let a = q.take(0).expect("three events");
+        assert_eq!(a.events.len(), 3);
+        q.settle(0, &a, 3);
         q.trim();
         assert_eq!(q.len(), 3, "sink 1 has not taken them yet");
         q.push(vec![ev(3)]);
-        let (start0, a) = q.pending_for(0);
-        assert_eq!(numbers(&a), vec![r#"{"n":3}"#]);
-        let (start1, b) = q.pending_for(1);
-        assert_eq!(b.len(), 4);
-        q.advance(0, start0, 1);
-        q.advance(1, start1, 2);
+        let a = q.take(0).expect("one new event");
+        assert_eq!(numbers(&a.events), vec![r#"{"n":3}"#]);
+        let b = q.take(1).expect("four events");
+        assert_eq!(b.events.len(), 4);
+        q.settle(0, &a, 1);
+        q.settle(1, &b, 2);
         q.trim();
         assert_eq!(q.len(), 2);
-        let (_, b) = q.pending_for(1);
-        assert_eq!(numbers(&b), vec![r#"{"n":2}"#, r#"{"n":3}"#]);
+        let b = q.take(1).expect("the two owed");
+        assert_eq!(numbers(&b.events), vec![r#"{"n":2}"#, r#"{"n":3}"#]);
+        assert!(q.take(0).is_none());
+    }
+
+    /// Two flights in progress for one sink: the second takes only what arrived after the first
+    /// was taken; what the first did not deliver is offered again (before fresh events), once.
+    #[test]
+    fn concurrent_flights_take_disjoint_events_and_failures_are_owed() {
+        let mut q = Queue::new(1, 100, 1 << 20);
+        q.push((0..3).map(ev).collect());
+        let first = q.take(0).expect("first flight");
+        q.push((3..5).map(ev).collect());
+        let second = q.take(0).expect("second flight");
+        assert_eq!(numbers(&second.events), vec![r#"{"n":3}"#, r#"{"n":4}"#]);
+        assert!(
+            q.take(0).is_none(),
+            "nothing left to take while both are out"
+        );
+        q.settle(0, &second, 2);
+        q.trim();
+        assert_eq!(q.len(), 5, "the first flight may still need its events");
+        q.settle(0, &first, 1);
+        q.trim();
+        q.push(vec![ev(5)]);
+        let retry = q.take(0).expect("the owed two, then the fresh one");
+        assert_eq!(
+            numbers(&retry.events),
+            vec![r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":5}"#]
+        );
+        q.settle(0, &retry, 3);
+        q.trim();
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.take_dropped(0), 0);
+    }
+
+    #[test]
+    fn the_oldest_undelivered_event_is_dated_by_its_push() {
+        let mut q = Queue::new(1, 100, 1 << 20);
+        assert!(q.oldest_undelivered_since().is_none());
+        q.push((0..2).map(ev).collect());
+        let first_push = q.oldest_undelivered_since().expect("two undelivered");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        q.push((2..4).map(ev).collect());
+        assert_eq!(q.oldest_undelivered_since(), Some(first_push));
+        let taken = q.take(0).expect("four");
+        q.settle(0, &taken, 2);
+        q.trim();
+        let second_push = q.oldest_undelivered_since().expect("two owed");
+        assert!(second_push > first_push);
+        let taken = q.take(0).expect("two");
+        q.settle(0, &taken, 2);
+        q.trim();
+        assert!(q.oldest_undelivered_since().is_none());
     }
 
     #[test]
     fn overflow_drops_the_oldest_and_counts_per_sink() {
         let mut q = Queue::new(2, 3, 1 << 20);
         q.push((0..2).map(ev).collect());
-        let (s, _) = q.pending_for(0);
-        q.advance(0, s, 2);
+        let taken = q.take(0).expect("two");
+        q.settle(0, &taken, 2);
         q.push((2..5).map(ev).collect());
         assert_eq!(q.len(), 3);
         assert_eq!(q.take_dropped(0), 0, "sink 0 had taken events 0 and 1");
         assert_eq!(q.take_dropped(1), 2);
         assert_eq!(q.take_dropped(1), 0);
-        let (_, b) = q.pending_for(1);
-        assert_eq!(numbers(&b)[0], r#"{"n":2}"#);
+        let b = q.take(1).expect("three");
+        assert_eq!(numbers(&b.events)[0], r#"{"n":2}"#);
+    }
+
+    #[test]
+    fn owed_events_lost_to_overflow_are_counted() {
+        let mut q = Queue::new(1, 3, 1 << 20);
+        q.push((0..3).map(ev).collect());
+        let taken = q.take(0).expect("three");
+        q.settle(0, &taken, 0);
+        q.push((3..5).map(ev).collect());
+        assert_eq!(q.take_dropped(0), 2, "two owed events pushed out");
+        let retry = q.take(0).expect("one owed, two fresh");
+        assert_eq!(
+            numbers(&retry.events),
+            vec![r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]
+        );
     }
 
     #[test]

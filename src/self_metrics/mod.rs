@@ -131,15 +131,21 @@ impl Refused {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushTrigger {
     Invoke,
+    Background,
     Shutdown,
 }
 
 impl FlushTrigger {
-    const ALL: [FlushTrigger; 2] = [FlushTrigger::Invoke, FlushTrigger::Shutdown];
+    const ALL: [FlushTrigger; 3] = [
+        FlushTrigger::Invoke,
+        FlushTrigger::Background,
+        FlushTrigger::Shutdown,
+    ];
 
     const fn as_str(self) -> &'static str {
         match self {
             FlushTrigger::Invoke => "invoke",
+            FlushTrigger::Background => "background",
             FlushTrigger::Shutdown => "shutdown",
         }
     }
@@ -487,6 +493,11 @@ impl Pusher {
             last: None,
             client,
         }
+    }
+
+    /// Whether the interval has passed since the last push.
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|last| last.elapsed() >= self.interval)
     }
 
     /// Pushes if the interval has passed (or `force`), finishing by `deadline`.

@@ -42,7 +42,7 @@ fn defaults_are_valid_and_quick() {
     let (cfg, issues) = load(&[]);
     assert!(issues.is_empty());
     assert_eq!(cfg.buffering.timeout_ms, 25);
-    assert_eq!(cfg.flush_policy, FlushPolicy::End);
+    assert_eq!(cfg.flush_policy, FlushPolicy::Adaptive);
     assert_eq!(cfg.listener_host, "sandbox.localdomain");
     assert_eq!(cfg.listener_port, 0);
     assert!(cfg.dispatch.is_none());

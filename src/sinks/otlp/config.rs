@@ -49,12 +49,18 @@ impl fmt::Debug for SignalConfig {
     }
 }
 
+/// The OpenTelemetry SDKs' default for `OTEL_METRIC_EXPORT_INTERVAL`.
+pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
     pub traces: Option<SignalConfig>,
     pub metrics: Option<SignalConfig>,
     pub logs: Option<SignalConfig>,
     pub temporality: Temporality,
+    /// `OTEL_METRIC_EXPORT_INTERVAL`: metrics are collected at most this often by the flushes
+    /// beside the lifecycle (always at a flush the invocation waits for, and at shutdown).
+    pub metric_export_interval: Duration,
     pub service_name: Option<String>,
     pub resource_attributes: Vec<(String, String)>,
     pub pricing: Pricing,
@@ -147,6 +153,12 @@ impl OtlpConfig {
                 "using cumulative",
             )
             .unwrap_or(Temporality::Cumulative);
+        let metric_export_interval = Duration::from_millis(u64::from(env.ranged(
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            1,
+            u32::MAX,
+            DEFAULT_METRIC_EXPORT_INTERVAL.as_millis() as u32,
+        )));
         let traces = signal(env, base.as_deref(), "TRACES", "traces");
         let metrics = signal(env, base.as_deref(), "METRICS", "metrics");
         let logs = signal(env, base.as_deref(), "LOGS", "logs");
@@ -166,6 +178,7 @@ impl OtlpConfig {
             metrics,
             logs,
             temporality,
+            metric_export_interval,
             service_name: env.get("OTEL_SERVICE_NAME"),
             resource_attributes,
             pricing,

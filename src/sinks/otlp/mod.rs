@@ -128,6 +128,11 @@ struct OtlpState {
     spans: Mutex<VecDeque<SpanData>>,
     logs: Mutex<VecDeque<SdkLogRecord>>,
     metrics: Mutex<VecDeque<ResourceMetrics>>,
+    /// When metrics were last collected (background flushes collect on this clock).
+    metrics_collected_at: Mutex<Option<Instant>>,
+    /// Exports send the fronts of the buffers and drain what was delivered: flushes that overlap
+    /// export one after the other (each sends what the one before left).
+    exporting: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,7 +191,23 @@ impl OtlpState {
             spans: Mutex::new(VecDeque::new()),
             logs: Mutex::new(VecDeque::new()),
             metrics: Mutex::new(VecDeque::new()),
+            metrics_collected_at: Mutex::new(None),
+            exporting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Metrics are collected at every flush something waits for (so that nothing is left in the
+    /// environment at a freeze that follows), and at most every `OTEL_METRIC_EXPORT_INTERVAL`
+    /// by the flushes beside the lifecycle: numbers nobody reads per invocation need not cost
+    /// CPU on every one.
+    fn metrics_due(&self, reason: FlushReason) -> bool {
+        let mut collected_at = lock(&self.metrics_collected_at);
+        let due = reason != FlushReason::Background
+            || collected_at.is_none_or(|at| at.elapsed() >= self.config.metric_export_interval);
+        if due {
+            *collected_at = Some(Instant::now());
+        }
+        due
     }
 
     fn exporters(&self) -> Result<&Exporters, &str> {
@@ -231,7 +252,7 @@ impl OtlpState {
                 tracing::warn!(dropped, "OTLP: log buffer full; oldest records dropped");
             }
         }
-        if self.config.metrics.is_some() {
+        if self.config.metrics.is_some() && self.metrics_due(reason) {
             let mut rm = ResourceMetrics::default();
             match self.reader.collect(&mut rm) {
                 Ok(()) if rm.scope_metrics().any(|s| s.metrics().next().is_some()) => {
@@ -434,6 +455,7 @@ impl OtlpState {
             );
             return;
         }
+        let _exporting = self.exporting.lock().await;
         tokio::join!(
             self.export_spans(ctx.deadline),
             self.export_metrics(ctx.deadline),

@@ -46,8 +46,9 @@ impl RawJsonSink {
     }
 
     async fn deliver(&self, events: &[Event], ctx: FlushContext<'_>) {
-        // The seed's rule: on an invoke, dispatch only when more than the minimum are waiting.
-        if ctx.reason == FlushReason::Invoke && events.len() <= self.min_batch_size {
+        // The seed's rule: dispatch only when more than the minimum are waiting (at shutdown,
+        // everything goes).
+        if ctx.reason != FlushReason::Shutdown && events.len() <= self.min_batch_size {
             tracing::debug!(
                 waiting = events.len(),
                 min = self.min_batch_size,

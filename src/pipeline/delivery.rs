@@ -1,0 +1,192 @@
+//! The delivery task: flushes the pipeline beside the lifecycle.
+//!
+//! The lifecycle only says what is due: [`Delivery::kick`] starts delivering what is queued and
+//! returns at once (the invocation is not held), [`Delivery::flush`] delivers everything queued,
+//! lets the flushes in progress finish, and answers when all are done or the deadline passed
+//! (the invocation or the shutdown waits for it). Flushes run as tasks of their own, so a slow
+//! endpoint's round trip does not hold back what arrives meanwhile: up to [`MAX_BACKGROUND`]
+//! background flushes are in flight at once, each with what the others do not hold.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{FlushReason, Pipeline, SinkFlush};
+use crate::self_metrics::{Dropped, METRICS};
+
+/// Background flushes in flight at most; a kick beyond them waits for one to finish.
+pub const MAX_BACKGROUND: usize = 4;
+
+enum Order {
+    Kick,
+    Flush {
+        reason: FlushReason,
+        deadline: Instant,
+        answer: oneshot::Sender<bool>,
+    },
+}
+
+/// The lifecycle's handle on the delivery task.
+#[derive(Clone)]
+pub struct Delivery {
+    orders: mpsc::UnboundedSender<Order>,
+    pipeline: Arc<Pipeline>,
+}
+
+impl Delivery {
+    /// Starts the task; background flushes get `flush_timeout` each.
+    pub fn start(pipeline: Arc<Pipeline>, flush_timeout: Duration) -> Delivery {
+        let (orders, received) = mpsc::unbounded_channel();
+        tokio::spawn(run(pipeline.clone(), received, flush_timeout));
+        Delivery { orders, pipeline }
+    }
+
+    /// Starts delivering what is queued; nothing waits for it.
+    pub fn kick(&self) {
+        if self.pipeline.has_pending() {
+            let _ = self.orders.send(Order::Kick);
+        }
+    }
+
+    /// Delivers everything queued now, with the flushes in progress, by `deadline`. True when
+    /// nothing is left undelivered.
+    pub async fn flush(&self, reason: FlushReason, deadline: Instant) -> bool {
+        let (answer, answered) = oneshot::channel();
+        let order = Order::Flush {
+            reason,
+            deadline,
+            answer,
+        };
+        if self.orders.send(order).is_err() {
+            return false;
+        }
+        // The flushes in progress have deadlines of their own, which a freeze may have pushed
+        // past this one: never wait beyond it.
+        matches!(
+            tokio::time::timeout_at(deadline, answered).await,
+            Ok(Ok(true))
+        )
+    }
+}
+
+/// A flush that somebody waits for: answered once no flush started up to `last` is in flight.
+struct Waiter {
+    last: u64,
+    answer: oneshot::Sender<bool>,
+}
+
+async fn run(
+    pipeline: Arc<Pipeline>,
+    mut orders: mpsc::UnboundedReceiver<Order>,
+    flush_timeout: Duration,
+) {
+    let mut flights: JoinSet<(u64, FlushReason, Instant, Vec<SinkFlush>)> = JoinSet::new();
+    let mut in_flight = BTreeSet::new();
+    let mut background = 0usize;
+    let mut kick_waiting = false;
+    let mut waiters: Vec<Waiter> = Vec::new();
+    let mut next_id = 0u64;
+    // A background flush's deadline is set when its task first runs: a freeze may come between
+    // the kick and then, and must not eat its time.
+    let mut start = |flights: &mut JoinSet<_>, reason: FlushReason, deadline: Option<Instant>| {
+        let id = next_id;
+        next_id += 1;
+        let pipeline = pipeline.clone();
+        flights.spawn(async move {
+            let started = Instant::now();
+            let deadline = deadline.unwrap_or(started + flush_timeout);
+            let report = pipeline.flush(reason, deadline).await;
+            (id, reason, started, report)
+        });
+        id
+    };
+    loop {
+        tokio::select! {
+            order = orders.recv() => match order {
+                Some(Order::Kick) => {
+                    if background < MAX_BACKGROUND {
+                        let id = start(&mut flights, FlushReason::Background, None);
+                        in_flight.insert(id);
+                        background += 1;
+                    } else {
+                        kick_waiting = true;
+                    }
+                }
+                Some(Order::Flush { reason, deadline, answer }) => {
+                    let id = start(&mut flights, reason, Some(deadline));
+                    in_flight.insert(id);
+                    waiters.push(Waiter { last: id, answer });
+                }
+                None => return,
+            },
+            Some(joined) = flights.join_next(), if !flights.is_empty() => {
+                // A flush task only ends by returning (the pipeline catches sinks' panics).
+                let Ok((id, reason, started, report)) = joined else { continue };
+                in_flight.remove(&id);
+                if reason == FlushReason::Background {
+                    background -= 1;
+                }
+                record(reason, started, &report);
+                if kick_waiting && background < MAX_BACKGROUND && pipeline.has_pending() {
+                    kick_waiting = false;
+                    let id = start(&mut flights, FlushReason::Background, None);
+                    in_flight.insert(id);
+                    background += 1;
+                }
+                let oldest = in_flight.first().copied().unwrap_or(u64::MAX);
+                let (due, waiting): (Vec<Waiter>, Vec<Waiter>) =
+                    waiters.drain(..).partition(|w| w.last < oldest);
+                waiters = waiting;
+                if !due.is_empty() {
+                    let complete = pipeline.pending() == 0;
+                    for waiter in due {
+                        let _ = waiter.answer.send(complete);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Self-metrics and log lines for one finished flush.
+fn record(reason: FlushReason, started: Instant, report: &[SinkFlush]) {
+    METRICS.flushed(reason.into(), started.elapsed().as_secs_f64());
+    let mut dropped = Vec::new();
+    for sink in report {
+        if sink.dropped_by_overflow > 0 {
+            METRICS.dropped(sink.sink, Dropped::Overflow, sink.dropped_by_overflow);
+            dropped.push(format!("{}={}", sink.sink, sink.dropped_by_overflow));
+        }
+        if sink.timed_out {
+            tracing::warn!(
+                sink = %sink.sink,
+                delivered = sink.done,
+                pending = sink.offered - sink.done,
+                ?reason,
+                "flush deadline reached; the rest stays queued"
+            );
+        }
+        tracing::debug!(
+            sink = %sink.sink,
+            offered = sink.offered,
+            done = sink.done,
+            ?reason,
+            "flushed"
+        );
+    }
+    if !dropped.is_empty() {
+        tracing::warn!(
+            dropped = %dropped.join(","),
+            "queue full (BRIDGE_QUEUE_MAX_EVENTS / BRIDGE_QUEUE_MAX_BYTES): oldest events dropped"
+        );
+    }
+    tracing::debug!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        ?reason,
+        "flush finished"
+    );
+}
