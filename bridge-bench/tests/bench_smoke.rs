@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 /// Longest the smoke run may take before it is killed.
 const LIMIT: Duration = Duration::from_secs(120);
 
-#[test]
-fn bridge_bench_quick_produces_every_figure() {
+/// Runs `bridge-bench` with `args` (the bridge and floor of this build), killed after [`LIMIT`];
+/// panics unless it exits 0. Returns its stdout.
+fn bridge_bench(args: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bridge-bench"));
-    cmd.arg("--quick")
+    cmd.args(args)
         .arg("--bridge")
         .arg(bridge_binary())
         .arg("--floor")
@@ -53,17 +54,24 @@ fn bridge_bench_quick_produces_every_figure() {
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     let status = status.unwrap_or_else(|| {
-        panic!("bridge-bench --quick did not finish within {LIMIT:?}\n{stdout}\n{stderr}")
+        panic!("bridge-bench {args:?} did not finish within {LIMIT:?}\n{stdout}\n{stderr}")
     });
     assert!(
         status.success(),
-        "bridge-bench --quick failed ({status})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        "bridge-bench {args:?} failed ({status})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn bridge_bench_quick_produces_every_figure() {
+    let stdout = bridge_bench(&["--quick"]);
     for figure in [
         "cold start",
         "CPU to first /event/next",
         "per-invoke overhead",
         "CPU per invocation",
+        "a new connection per telemetry push",
         "peak RSS after",
         "throughput, events per CPU-second",
         "binary size (stripped)",
@@ -74,6 +82,37 @@ fn bridge_bench_quick_produces_every_figure() {
             "no {figure:?} line in the table:\n{stdout}"
         );
     }
+}
+
+/// The billed-time matrix, one cell per policy on loopback with steady traffic: every figure is
+/// there, nothing lost or duplicated, and `end` is billed while `adaptive` is not held.
+#[test]
+fn bridge_bench_billed_produces_a_row_per_policy() {
+    let stdout = bridge_bench(&["--billed", "--quick", "--full-cpu", "--only", "steady,0"]);
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| steady"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for row in &rows {
+        // | traffic | latency | policy | billed median | p95 | fresh ms | fresh inv | lost | dup |
+        assert_eq!(row.len(), 11, "{stdout}");
+        for cell in &row[4..8] {
+            assert!(cell.parse::<f64>().is_ok(), "{cell:?} in {stdout}");
+        }
+        assert_eq!((row[8].as_str(), row[9].as_str()), ("0", "0"), "{stdout}");
+    }
+    let billed = |policy: &str| -> f64 {
+        rows.iter()
+            .find(|r| r[3] == policy)
+            .map(|r| r[4].parse().unwrap_or(f64::NAN))
+            .unwrap_or(f64::NAN)
+    };
+    // The Telemetry API's buffering window (25 ms) is billed under end, never under adaptive's
+    // steady traffic: a difference no machine's speed can turn around.
+    assert!(billed("end") > 10.0, "{stdout}");
+    assert!(billed("adaptive") < 5.0, "{stdout}");
 }
 
 /// The extension binary, built by `cargo test` at the workspace root beside this package's own

@@ -88,7 +88,11 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         pid: std::sync::atomic::AtomicU32::new(0),
     });
     let control_plane = ControlPlane::start(shared.clone()).await?;
-    let client = http_client()?;
+    let client = if cfg.new_connection_per_push {
+        http_client_without_pool()?
+    } else {
+        http_client()?
+    };
     let deliverer = AbortOnDrop(tokio::spawn(telemetry::deliver(
         hub.clone(),
         client,
@@ -186,6 +190,20 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
 }
 
 pub(crate) fn http_client() -> Result<reqwest::Client, SimError> {
+    client_builder()?
+        .build()
+        .map_err(|e| SimError::HttpClient(e.to_string()))
+}
+
+/// A client that opens a new connection for every request (no idle connection is kept).
+fn http_client_without_pool() -> Result<reqwest::Client, SimError> {
+    client_builder()?
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| SimError::HttpClient(e.to_string()))
+}
+
+fn client_builder() -> Result<reqwest::ClientBuilder, SimError> {
     // The crate's reqwest has rustls without a default crypto provider; hand it a ring-based
     // config instead of installing a process-wide default (which would be the caller's choice).
     // Only plain HTTP to the loopback is used, so the TLS config is never exercised.
@@ -195,16 +213,14 @@ pub(crate) fn http_client() -> Result<reqwest::Client, SimError> {
         .map_err(|e| SimError::HttpClient(e.to_string()))?
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .no_proxy()
         .tls_backend_preconfigured(tls)
         // Lambda's destination host; the simulated sandbox is the loopback.
         .resolve(
             "sandbox.localdomain",
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        )
-        .build()
-        .map_err(|e| SimError::HttpClient(e.to_string()))
+        ))
 }
 
 fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {

@@ -148,6 +148,9 @@ pub struct SimConfig {
     /// Never emit the last invocation's `platform.report` (one Lambda lost, or delayed past the
     /// shutdown deadline). Default false.
     pub withhold_last_report: bool,
+    /// Push telemetry over a new connection each time, instead of one kept alive as AWS's
+    /// emulator does (an extension's listener then pays for every accept). Default false.
+    pub new_connection_per_push: bool,
     /// Called after each invocation.
     pub progress: Option<ProgressFn>,
 }
@@ -183,6 +186,7 @@ impl Default for SimConfig {
             snap_start: false,
             flush_before_shutdown: false,
             withhold_last_report: false,
+            new_connection_per_push: false,
             progress: None,
         }
     }

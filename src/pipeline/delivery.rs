@@ -19,7 +19,7 @@ use super::{FlushReason, Pipeline, SinkFlush};
 use crate::self_metrics::{Dropped, METRICS};
 
 /// Background flushes in flight at most; a kick beyond them waits for one to finish.
-pub const MAX_BACKGROUND: usize = 4;
+pub const MAX_BACKGROUND: usize = 8;
 
 enum Order {
     Kick,

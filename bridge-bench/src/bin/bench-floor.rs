@@ -2,8 +2,11 @@
 //! the same stack as the bridge (tokio current-thread runtime, axum 0.8 over HTTP/1.1 for the
 //! listener, hyper-util's legacy client for the Runtime API). It registers, starts a listener that
 //! answers every request with 200 (after reading the body), subscribes, then loops on
-//! `/event/next` and exits 0 on SHUTDOWN. Nothing else: no sinks, no parsing of telemetry, no
-//! logging. `bridge-bench` measures every figure of the bridge against it.
+//! `/event/next` and exits 0 on SHUTDOWN. It does the bridge's I/O and none of its work: at each
+//! INVOKE it POSTs one pre-encoded body to each endpoint the bridge posts to per invocation
+//! (`DISPATCH_POST_URI`; `/v1/traces` and `/v1/logs` under `OTEL_EXPORTER_OTLP_ENDPOINT`), beside
+//! the lifecycle as the bridge's default policy does. Nothing else: no parsing of telemetry, no
+//! encoding, no logging. `bridge-bench` measures every figure of the bridge against it.
 //!
 //! It reads `AWS_LAMBDA_RUNTIME_API`, `BRIDGE_LISTENER_ADDR` (default `sandbox.localdomain`) and,
 //! so that its subscription asks for the same buffering as the bridge's in each scenario,
@@ -65,6 +68,48 @@ async fn call(
 
 async fn answer(_body: Bytes) -> StatusCode {
     StatusCode::OK
+}
+
+/// The endpoints the bridge posts to per invocation, each with a pre-encoded body of about the
+/// size the bridge sends for one invocation of the standard scenario.
+fn outputs() -> Vec<(hyper::Uri, &'static str, Bytes)> {
+    let mut out = Vec::new();
+    if let Some(uri) = std::env::var("DISPATCH_POST_URI")
+        .ok()
+        .and_then(|u| u.parse().ok())
+    {
+        let event = r#"{"time":"2026-01-01T00:00:00.000Z","type":"function","record":"a log line of the standard scenario, about this long"}"#;
+        let body = format!("[{}]", [event; 12].join(","));
+        out.push((uri, "application/json", Bytes::from(body)));
+    }
+    if let Ok(base) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        for (path, size) in [("v1/traces", 1200), ("v1/logs", 900)] {
+            let url = format!("{}/{path}", base.trim_end_matches('/'));
+            if let Ok(uri) = url.parse() {
+                // Opaque bytes of a typical export's size: nothing reads them but the receiver.
+                out.push((uri, "application/x-protobuf", Bytes::from(vec![0u8; size])));
+            }
+        }
+    }
+    out
+}
+
+/// POSTs each output's body, without waiting (beside the lifecycle).
+fn post_outputs(client: &HttpClient, outputs: &[(hyper::Uri, &'static str, Bytes)]) {
+    for (uri, content_type, body) in outputs {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri.clone())
+            .header("content-type", *content_type)
+            .body(Full::new(body.clone()));
+        let Ok(request) = request else { continue };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Ok(response) = client.request(request).await {
+                let _ = response.into_body().collect().await;
+            }
+        });
+    }
 }
 
 async fn run(name: String) -> Result<(), String> {
@@ -136,6 +181,7 @@ async fn run(name: String) -> Result<(), String> {
     )
     .await?;
 
+    let outputs = outputs();
     let next = format!("{base}/event/next");
     loop {
         let (_, body) = call(
@@ -152,6 +198,7 @@ async fn run(name: String) -> Result<(), String> {
         if event.get("eventType").and_then(|t| t.as_str()) == Some("SHUTDOWN") {
             return Ok(());
         }
+        post_outputs(&client, &outputs);
     }
 }
 

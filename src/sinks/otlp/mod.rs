@@ -2,7 +2,8 @@
 //!
 //! Events are mapped as they are flushed ([`mapping`]); spans and log records wait in bounded
 //! buffers until an export succeeds, metrics are aggregated by the SDK and collected at every
-//! flush point (a `ManualReader`: no background thread, nothing runs while Lambda is frozen).
+//! flush something waits for and at most every `OTEL_METRIC_EXPORT_INTERVAL` otherwise (a
+//! `ManualReader`: no background thread, nothing runs while Lambda is frozen).
 //! The opentelemetry-otlp exporters encode; [`transport`] sends within the flush deadline.
 
 pub mod config;
@@ -455,7 +456,17 @@ impl OtlpState {
             );
             return;
         }
-        let _exporting = self.exporting.lock().await;
+        // A flush beside the lifecycle does not queue behind an export in progress (its round
+        // trip would hold this flush, and with it the raw sink's next one, in flight): what it
+        // mapped leaves with the next export. A flush something waits for does wait.
+        let _exporting = if ctx.reason == FlushReason::Background {
+            match self.exporting.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return,
+            }
+        } else {
+            self.exporting.lock().await
+        };
         tokio::join!(
             self.export_spans(ctx.deadline),
             self.export_metrics(ctx.deadline),
