@@ -197,7 +197,11 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         return fail_init(&api, &listen_issues).await;
     }
 
-    let delivery = Delivery::start(pipeline.clone(), config.flush_timeout);
+    let delivery = Delivery::start(
+        pipeline.clone(),
+        config.flush_timeout,
+        config.flush_policy == FlushPolicy::Adaptive,
+    );
     let mut bridge = Bridge {
         cadence: Cadence::new(config.flush_max_delay),
         config,
@@ -374,8 +378,7 @@ impl Bridge {
             FlushPolicy::Adaptive => {
                 let queue = QueueState {
                     oldest_undelivered_since: self.pipeline.oldest_undelivered_since(),
-                    events: self.pipeline.pending(),
-                    max_events: self.config.queue_max_events,
+                    filling: self.pipeline.filling(),
                 };
                 match self.cadence.on_invoke(Instant::now(), queue) {
                     Some(hold) => {

@@ -357,7 +357,14 @@ pub async fn post_with_retry(
         if Instant::now() + wait >= deadline {
             return Err(PostError::GaveUp { attempts, last });
         }
+        let slept = Instant::now();
         tokio::time::sleep(wait).await;
+        // A sleep that overran by more than scheduling explains was frozen: that time was not
+        // the endpoint's to use.
+        let overrun = slept.elapsed().saturating_sub(wait);
+        if overrun > crate::awake::FREEZE_EVIDENCE {
+            deadline += overrun;
+        }
     }
 }
 

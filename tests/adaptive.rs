@@ -245,3 +245,33 @@ fn a_failing_then_recovering_endpoint_gets_each_event_once() {
         assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
     });
 }
+
+/// A function that logs more per invocation than a quarter of the queue holds, invoked back to
+/// back: under `adaptive` the queue is delivered as it fills (and the next invocation is held),
+/// so the limits drop nothing.
+#[test]
+fn a_queue_filling_faster_than_invocations_end_is_drained_not_dropped() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok().with_delay(Duration::from_millis(20)))
+            .await
+            .expect("sink");
+        let mut cfg = config(
+            8,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_QUEUE_MAX_EVENTS", "1000".into()),
+            ],
+        );
+        cfg.log_lines_per_invoke = 600;
+        cfg.invoke_duration_ms = 20;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let out = &report.extension_output;
+        assert!(!out.contains("queue full"), "{out}");
+        assert_eq!(
+            sorted(&sink.received_events()),
+            sorted(&report.events_sent),
+            "{out}"
+        );
+    });
+}

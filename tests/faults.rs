@@ -482,7 +482,13 @@ fn sigstop_sigcont_between_every_invocation_loses_and_duplicates_nothing() {
         cfg.between_invokes_ms = 40;
         let report = run(cfg).await;
         assert_clean(&report);
-        assert_eq!(sink.received_events(), report.events_sent);
+        // Once each; a flush in flight at a freeze may finish after the next one (adaptive).
+        let sorted = |events: &[serde_json::Value]| {
+            let mut texts: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+            texts.sort();
+            texts
+        };
+        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
         assert_each_invocation_span_exported_once(&report, &collector);
     });
 }
@@ -564,6 +570,11 @@ fn a_freeze_longer_than_the_flush_timeout_while_the_endpoint_drops_idle_connecti
                 ("DISPATCH_POST_URI", endpoint.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
                 ("BRIDGE_LOG", "info".into()),
+                // Nothing in flight at the freeze: under `adaptive` a POST may be, and this
+                // endpoint records a request before it answers, then cuts the connection while
+                // the bridge is frozen: the documented at-least-once case (a POST in flight
+                // across a freeze with an endpoint that answers: tests/adaptive.rs).
+                ("BRIDGE_FLUSH", "end".into()),
             ],
         );
         cfg.freeze_between_invokes = true;
@@ -577,8 +588,8 @@ fn a_freeze_longer_than_the_flush_timeout_while_the_endpoint_drops_idle_connecti
         let report = run(cfg).await;
         assert_clean(&report);
         // Each event once, in order; no flush gave up or was cut short by a stale deadline.
-        assert_eq!(endpoint.events(), report.events_sent);
         let out = &report.extension_output;
+        assert_eq!(endpoint.events(), report.events_sent, "{out}");
         assert!(!out.contains("delivery failed"), "{out}");
         assert!(!out.contains("flush deadline reached"), "{out}");
         assert_held_at_most_the_flush_timeout(&report);

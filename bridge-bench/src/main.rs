@@ -291,6 +291,15 @@ fn base_config(path: &Path, env: Vec<(String, String)>) -> SimConfig {
     }
 }
 
+/// The last 2,000 bytes of an extension's output.
+fn output_tail(out: &str) -> String {
+    let start = out.len().saturating_sub(2000);
+    let start = (start..out.len())
+        .find(|&i| out.is_char_boundary(i))
+        .unwrap_or(out.len());
+    out[start..].to_string()
+}
+
 /// Problems of a run that make its figures worthless.
 fn check_run(ext: Ext, report: &sim::SimReport) -> Result<(), String> {
     let ok = match ext {
@@ -309,14 +318,7 @@ fn check_run(ext: Ext, report: &sim::SimReport) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        let tail: String = {
-            let out = &report.extension_output;
-            let start = out.len().saturating_sub(2000);
-            let start = (start..out.len())
-                .find(|&i| out.is_char_boundary(i))
-                .unwrap_or(out.len());
-            out[start..].to_string()
-        };
+        let tail = output_tail(&report.extension_output);
         Err(format!(
             "{} run not clean: exit={:?} killed={} undelivered={} errors={:?}\n--- last output ---\n{}",
             ext.name(),
@@ -350,8 +352,9 @@ async fn run_standard(
         let received = sinks.raw_events();
         if received != report.totals.events_sent {
             return Err(format!(
-                "bridge: the raw sink received {received} of {} events",
-                report.totals.events_sent
+                "bridge: the raw sink received {received} of {} events\n--- last output ---\n{}",
+                report.totals.events_sent,
+                output_tail(&report.extension_output)
             ));
         }
     }
@@ -457,8 +460,9 @@ async fn run_big(
         let received = sinks.raw_events();
         if received != report.totals.events_sent {
             return Err(format!(
-                "bridge: the raw sink received {received} of {} events",
-                report.totals.events_sent
+                "bridge: the raw sink received {received} of {} events\n--- last output ---\n{}",
+                report.totals.events_sent,
+                output_tail(&report.extension_output)
             ));
         }
         let function_events = report.event_counts().get("function").copied().unwrap_or(0);

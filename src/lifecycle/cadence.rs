@@ -23,7 +23,7 @@ pub enum Hold {
     SparseTraffic,
     /// Something queued has waited longer than the bound already.
     OldTelemetry,
-    /// The queue is past half its limits.
+    /// The queue is past a quarter of its limits.
     QueueFilling,
 }
 
@@ -42,8 +42,8 @@ impl Hold {
 #[derive(Debug, Clone, Copy)]
 pub struct QueueState {
     pub oldest_undelivered_since: Option<Instant>,
-    pub events: usize,
-    pub max_events: usize,
+    /// Past a quarter of either of its limits.
+    pub filling: bool,
 }
 
 /// The gaps between invocations, estimated from the recent ones.
@@ -94,7 +94,7 @@ impl Cadence {
         {
             return Some(Hold::OldTelemetry);
         }
-        if queue.events > queue.max_events / 2 {
+        if queue.filling {
             return Some(Hold::QueueFilling);
         }
         None
@@ -110,8 +110,7 @@ mod tests {
     fn empty() -> QueueState {
         QueueState {
             oldest_undelivered_since: None,
-            events: 0,
-            max_events: 1000,
+            filling: false,
         }
     }
 
@@ -171,7 +170,7 @@ mod tests {
         let t0 = Instant::now();
         cadence.on_invoke(t0, empty());
         let full = QueueState {
-            events: 501,
+            filling: true,
             ..empty()
         };
         assert_eq!(

@@ -19,7 +19,7 @@ use super::{FlushReason, Pipeline, SinkFlush};
 use crate::self_metrics::{Dropped, METRICS};
 
 /// Background flushes in flight at most; a kick beyond them waits for one to finish.
-pub const MAX_BACKGROUND: usize = 8;
+pub const MAX_BACKGROUND: usize = 4;
 
 enum Order {
     Kick,
@@ -38,10 +38,22 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Starts the task; background flushes get `flush_timeout` each.
-    pub fn start(pipeline: Arc<Pipeline>, flush_timeout: Duration) -> Delivery {
+    /// Starts the task; background flushes get `flush_timeout` each. With `drain_when_filling`,
+    /// a queue past a quarter of its limits is delivered as it fills, not only when the next
+    /// invocation begins (the `adaptive` policy: a function that logs faster than one
+    /// invocation's flush drains would otherwise lose the oldest events to the limits).
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        flush_timeout: Duration,
+        drain_when_filling: bool,
+    ) -> Delivery {
         let (orders, received) = mpsc::unbounded_channel();
-        tokio::spawn(run(pipeline.clone(), received, flush_timeout));
+        tokio::spawn(run(
+            pipeline.clone(),
+            received,
+            flush_timeout,
+            drain_when_filling,
+        ));
         Delivery { orders, pipeline }
     }
 
@@ -83,6 +95,7 @@ async fn run(
     pipeline: Arc<Pipeline>,
     mut orders: mpsc::UnboundedReceiver<Order>,
     flush_timeout: Duration,
+    drain_when_filling: bool,
 ) {
     let mut flights: JoinSet<(u64, FlushReason, Instant, Vec<SinkFlush>)> = JoinSet::new();
     let mut in_flight = BTreeSet::new();
@@ -104,8 +117,18 @@ async fn run(
         });
         id
     };
+    let filling = pipeline.clone();
     loop {
         tokio::select! {
+            () = filling.pressure.notified(), if drain_when_filling => {
+                if background < MAX_BACKGROUND {
+                    let id = start(&mut flights, FlushReason::Background, None);
+                    in_flight.insert(id);
+                    background += 1;
+                } else {
+                    kick_waiting = true;
+                }
+            }
             order = orders.recv() => match order {
                 Some(Order::Kick) => {
                     if background < MAX_BACKGROUND {

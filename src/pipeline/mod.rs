@@ -100,6 +100,9 @@ pub struct SinkFlush {
 
 pub struct Pipeline {
     queue: Mutex<Queue>,
+    /// Signalled when a push leaves the queue past a quarter of either limit: the delivery task
+    /// may then drain it without waiting for the next invocation (`delivery`).
+    pub(crate) pressure: tokio::sync::Notify,
     sinks: Vec<Arc<dyn Sink>>,
     /// The sinks' self-metric series are created at the first flush, not at start-up: building
     /// the registry costs CPU that would otherwise delay the first `/event/next`.
@@ -110,6 +113,7 @@ impl Pipeline {
     pub fn new(sinks: Vec<Arc<dyn Sink>>, max_events: usize, max_bytes: usize) -> Pipeline {
         Pipeline {
             queue: Mutex::new(Queue::new(sinks.len(), max_events, max_bytes)),
+            pressure: tokio::sync::Notify::new(),
             sinks,
             series_created: std::sync::Once::new(),
         }
@@ -126,6 +130,14 @@ impl Pipeline {
         queue.push(events);
         METRICS.queue_depth_events.set(queue.len() as i64);
         METRICS.queue_depth_bytes.set(queue.bytes() as i64);
+        if queue.filling() {
+            self.pressure.notify_one();
+        }
+    }
+
+    /// Whether the queue is past a quarter of either limit.
+    pub fn filling(&self) -> bool {
+        self.queue().filling()
     }
 
     pub fn note_invoke(&self, info: &InvokeInfo) {

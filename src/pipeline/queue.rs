@@ -96,6 +96,11 @@ impl Queue {
         self.bytes
     }
 
+    /// Past a quarter of either limit: time to deliver rather than let the limits drop events.
+    pub fn filling(&self) -> bool {
+        self.events.len() > self.max_events / 4 || self.bytes > self.max_bytes / 4
+    }
+
     fn end(&self) -> u64 {
         self.base + self.events.len() as u64
     }
