@@ -13,7 +13,7 @@ use crate::config::url::redact_url;
 use crate::config::{Config, ConfigIssue, FlushPolicy, TelemetryType, SANDBOX_HOST};
 use crate::http::LazyClient;
 use crate::lifecycle::api::ErrorPhase;
-use crate::lifecycle::cadence::{Cadence, QueueState};
+use crate::lifecycle::cadence::{Cadence, Hold, QueueState};
 use crate::lifecycle::{ExtensionsApi, NextEvent};
 use crate::pipeline::delivery::Delivery;
 use crate::pipeline::{FlushReason, InvokeInfo, Pipeline, Sink};
@@ -368,13 +368,15 @@ impl Bridge {
         }
     }
 
-    /// Whether this invocation waits for its telemetry to leave (`false`: delivery runs beside
-    /// the lifecycle, or not at all until a later invocation or the shutdown).
-    fn holds(&mut self, request_id: &str) -> bool {
+    /// How this invocation's end flushes, if it waits for its telemetry to leave (`None`:
+    /// delivery runs beside the lifecycle, or not at all until a later invocation or shutdown).
+    fn holds(&mut self, request_id: &str) -> Option<FlushReason> {
         match self.config.flush_policy {
-            FlushPolicy::End => true,
-            FlushPolicy::Periodic(every) => self.last_flush.elapsed() >= every,
-            FlushPolicy::Shutdown => false,
+            FlushPolicy::End => Some(FlushReason::Invoke),
+            FlushPolicy::Periodic(every) => {
+                (self.last_flush.elapsed() >= every).then_some(FlushReason::Invoke)
+            }
+            FlushPolicy::Shutdown => None,
             FlushPolicy::Adaptive => {
                 let queue = QueueState {
                     oldest_undelivered_since: self.pipeline.oldest_undelivered_since(),
@@ -383,14 +385,20 @@ impl Bridge {
                 match self.cadence.on_invoke(Instant::now(), queue) {
                     Some(hold) => {
                         tracing::debug!(request_id, why = hold.as_str(), "invoke: held");
-                        true
+                        // The first invocation is held to learn the traffic, as `end` would
+                        // flush it; the others because their telemetry must not wait.
+                        Some(if hold == Hold::FirstInvocation {
+                            FlushReason::Invoke
+                        } else {
+                            FlushReason::Overdue
+                        })
                     }
                     None => {
                         // What is queued (earlier invocations' events) leaves while the function
                         // runs; this invocation's leave during the next one.
                         self.delivery.kick();
                         self.push_self_metrics_beside();
-                        false
+                        None
                     }
                 }
             }
@@ -407,9 +415,9 @@ impl Bridge {
         self.invocations += 1;
         METRICS.invocations.inc();
         self.last_request = Some(request_id.clone());
-        if !self.holds(&request_id) {
+        let Some(reason) = self.holds(&request_id) else {
             return;
-        }
+        };
         let started = Instant::now();
         if self.waits_for_runtime_done() {
             // A timed-out invoke's runtimeDone is emitted at the deadline; allow the flush
@@ -445,12 +453,18 @@ impl Bridge {
         }
         let waited = started.elapsed();
         let flush_deadline = Instant::now() + self.config.flush_timeout;
-        self.delivery
-            .flush(FlushReason::Invoke, flush_deadline)
-            .await;
+        // A second round takes what a flush beside the lifecycle gave back meanwhile (it ended
+        // after this one had taken its events), while there is time.
+        for _ in 0..2 {
+            let complete = self.delivery.flush(reason, flush_deadline).await;
+            if complete || Instant::now() >= flush_deadline {
+                break;
+            }
+        }
         self.last_flush = Instant::now();
         if let Some(pusher) = &self.pusher {
-            pusher.lock().await.maybe_push(false, flush_deadline).await;
+            let push = async { pusher.lock().await.maybe_push(false, flush_deadline).await };
+            let _ = tokio::time::timeout_at(flush_deadline, push).await;
         }
         tracing::debug!(
             request_id,
@@ -521,9 +535,9 @@ impl Bridge {
             }
         }
         if let Some(pusher) = &self.pusher {
-            if let Ok(mut pusher) = tokio::time::timeout_at(hard_deadline, pusher.lock()).await {
-                pusher.maybe_push(true, hard_deadline).await;
-            }
+            // A hard cut: a freeze-tolerant request timeout must not outlive deadlineMs.
+            let push = async { pusher.lock().await.maybe_push(true, hard_deadline).await };
+            let _ = tokio::time::timeout_at(hard_deadline, push).await;
         }
         let pending = self.pipeline.pending();
         if pending > 0 {

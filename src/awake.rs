@@ -6,7 +6,7 @@
 //! an ordinary timer has long expired and would cut the exchange just before it reads that answer;
 //! the batch would then be sent again (a duplicate). A timer here that fires later than the CPU
 //! share can explain means the process was not running: the exchange gets its budget again,
-//! counted from the thaw. Time that was really spent waiting is still bounded by the budget.
+//! counted from the thaw, once per wait: time really spent waiting stays within twice the budget.
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,19 +28,21 @@ pub async fn timeout<F: Future>(budget: Duration, future: F) -> Result<F::Output
 }
 
 /// Runs `future` until `deadline`, extended past a freeze as described in the module's comment:
-/// once per freeze that outlived the deadline, by the budget the deadline had left at the start.
+/// once (a second late timer is not forgiven), by the budget the deadline had at the start.
 pub async fn timeout_at<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
     let budget = deadline.saturating_duration_since(Instant::now());
     let mut future = std::pin::pin!(future);
     let mut expires = deadline;
+    let mut forgiven = false;
     loop {
         match tokio::time::timeout_at(expires, &mut future).await {
             Ok(output) => return Ok(output),
             Err(_) => {
                 let now = Instant::now();
-                if now.saturating_duration_since(expires) < FREEZE_EVIDENCE {
+                if forgiven || now.saturating_duration_since(expires) < FREEZE_EVIDENCE {
                     return Err(Elapsed);
                 }
+                forgiven = true;
                 tracing::debug!(
                     late_ms = now.duration_since(expires).as_millis() as u64,
                     "a timer fired after a freeze; the exchange in flight gets its time again"

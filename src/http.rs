@@ -311,6 +311,8 @@ pub async fn post_with_retry(
 ) -> Result<Delivered, PostError> {
     let mut attempts = 0u32;
     let mut deadline = deadline;
+    // At most one freeze is forgiven per POST (a starved CPU can look like one).
+    let mut extended = false;
     let mut last;
     loop {
         attempts += 1;
@@ -336,8 +338,9 @@ pub async fn post_with_retry(
         // An attempt that lasted longer than its timeout allows was frozen part of the time (a
         // peer that closed the connection meanwhile fails it only at the thaw): the retries get
         // the time that was left, counted from the thaw (`crate::awake`).
-        if started.elapsed() > timeout + crate::awake::FREEZE_EVIDENCE {
+        if !extended && started.elapsed() > timeout + crate::awake::FREEZE_EVIDENCE {
             deadline = Instant::now() + remaining;
+            extended = true;
         }
         match answer {
             Ok(answer) if answer.status.is_success() => {
@@ -362,8 +365,9 @@ pub async fn post_with_retry(
         // A sleep that overran by more than scheduling explains was frozen: that time was not
         // the endpoint's to use.
         let overrun = slept.elapsed().saturating_sub(wait);
-        if overrun > crate::awake::FREEZE_EVIDENCE {
+        if !extended && overrun > crate::awake::FREEZE_EVIDENCE {
             deadline += overrun;
+            extended = true;
         }
     }
 }

@@ -275,3 +275,43 @@ fn a_queue_filling_faster_than_invocations_end_is_drained_not_dropped() {
         );
     });
 }
+
+/// `DISPATCH_MIN_BATCH_SIZE` does not hold back telemetry that `adaptive` found overdue: an
+/// invocation held for sparse traffic sends its events before its freeze even below the minimum,
+/// rather than holding every invocation for nothing until the shutdown. (The first invocation,
+/// held to learn the traffic, keeps the seed's rule, as under `end`.)
+#[test]
+fn overdue_telemetry_leaves_below_the_minimum_batch_size() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = config(
+            4,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("DISPATCH_MIN_BATCH_SIZE", "1000".into()),
+                ("BRIDGE_FLUSH_MAX_DELAY_MS", "300".into()),
+            ],
+        );
+        cfg.freeze_between_invokes = true;
+        cfg.between_invokes_ms = 500;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let requests = sink.requests();
+        for invocation in &report.invocations[1..] {
+            let next = invocation.next_called_at.expect("next called");
+            let delivered_before = requests.iter().filter(|r| r.arrived_at < next).any(|r| {
+                events_in(r).iter().any(|e| {
+                    e["type"] == "platform.runtimeDone"
+                        && e["record"]["requestId"] == *invocation.request_id
+                })
+            });
+            assert!(
+                delivered_before,
+                "invocation {} waited for a full batch\n{}",
+                invocation.index, report.extension_output
+            );
+        }
+    });
+}

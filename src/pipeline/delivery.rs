@@ -7,7 +7,7 @@
 //! endpoint's round trip does not hold back what arrives meanwhile: up to [`MAX_BACKGROUND`]
 //! background flushes are in flight at once, each with what the others do not hold.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,7 +98,14 @@ async fn run(
     drain_when_filling: bool,
 ) {
     let mut flights: JoinSet<(u64, FlushReason, Instant, Vec<SinkFlush>)> = JoinSet::new();
+    // Which flush each task is, for a task that ends without returning (a panic).
+    let mut tasks: HashMap<tokio::task::Id, (u64, FlushReason)> = HashMap::new();
     let mut in_flight = BTreeSet::new();
+    // After a background flush that delivered nothing it was offered (an endpoint down), a
+    // filling queue does not start another at once: each would re-encode the whole backlog.
+    let mut pressure_paused_until: Option<Instant> = None;
+    // Once the shutdown drain began, nothing starts beside it.
+    let mut draining = false;
     let mut background = 0usize;
     let mut kick_waiting = false;
     let mut waiters: Vec<Waiter> = Vec::new();
@@ -109,20 +116,24 @@ async fn run(
         let id = next_id;
         next_id += 1;
         let pipeline = pipeline.clone();
-        flights.spawn(async move {
+        let task = flights.spawn(async move {
             let started = Instant::now();
             let deadline = deadline.unwrap_or(started + flush_timeout);
             let report = pipeline.flush(reason, deadline).await;
             (id, reason, started, report)
         });
-        id
+        (id, task.id())
     };
     let filling = pipeline.clone();
     loop {
         tokio::select! {
-            () = filling.pressure.notified(), if drain_when_filling => {
-                if background < MAX_BACKGROUND {
-                    let id = start(&mut flights, FlushReason::Background, None);
+            () = filling.pressure.notified(), if drain_when_filling && !draining => {
+                let paused = pressure_paused_until.is_some_and(|until| Instant::now() < until);
+                if paused {
+                    // The next INVOKE's kick still delivers.
+                } else if background < MAX_BACKGROUND {
+                    let (id, task) = start(&mut flights, FlushReason::Background, None);
+                    tasks.insert(task, (id, FlushReason::Background));
                     in_flight.insert(id);
                     background += 1;
                 } else {
@@ -130,9 +141,11 @@ async fn run(
                 }
             }
             order = orders.recv() => match order {
+                Some(Order::Kick) if draining => {}
                 Some(Order::Kick) => {
                     if background < MAX_BACKGROUND {
-                        let id = start(&mut flights, FlushReason::Background, None);
+                        let (id, task) = start(&mut flights, FlushReason::Background, None);
+                        tasks.insert(task, (id, FlushReason::Background));
                         in_flight.insert(id);
                         background += 1;
                     } else {
@@ -140,23 +153,44 @@ async fn run(
                     }
                 }
                 Some(Order::Flush { reason, deadline, answer }) => {
-                    let id = start(&mut flights, reason, Some(deadline));
+                    if reason == FlushReason::Shutdown {
+                        draining = true;
+                        kick_waiting = false;
+                    }
+                    let (id, task) = start(&mut flights, reason, Some(deadline));
+                    tasks.insert(task, (id, reason));
                     in_flight.insert(id);
                     waiters.push(Waiter { last: id, answer });
                 }
                 None => return,
             },
-            Some(joined) = flights.join_next(), if !flights.is_empty() => {
-                // A flush task only ends by returning (the pipeline catches sinks' panics).
-                let Ok((id, reason, started, report)) = joined else { continue };
+            Some(joined) = flights.join_next_with_id(), if !flights.is_empty() => {
+                let (task, outcome) = match joined {
+                    Ok((task, outcome)) => (task, Some(outcome)),
+                    Err(error) => (error.id(), None),
+                };
+                let Some((id, reason)) = tasks.remove(&task) else { continue };
                 in_flight.remove(&id);
                 if reason == FlushReason::Background {
                     background -= 1;
                 }
-                record(reason, started, &report);
-                if kick_waiting && background < MAX_BACKGROUND && pipeline.has_pending() {
+                match &outcome {
+                    Some((_, _, started, report)) => {
+                        record(reason, *started, report);
+                        let offered: usize = report.iter().map(|s| s.offered).sum();
+                        let done: usize = report.iter().map(|s| s.done).sum();
+                        pressure_paused_until = (reason == FlushReason::Background
+                            && offered > 0
+                            && done == 0)
+                            .then(|| Instant::now() + flush_timeout);
+                    }
+                    // The pipeline catches sinks' panics; this is a bug of its own.
+                    None => tracing::error!(?reason, "a flush task failed"),
+                }
+                if kick_waiting && !draining && background < MAX_BACKGROUND && pipeline.has_pending() {
                     kick_waiting = false;
-                    let id = start(&mut flights, FlushReason::Background, None);
+                    let (id, task) = start(&mut flights, FlushReason::Background, None);
+                    tasks.insert(task, (id, FlushReason::Background));
                     in_flight.insert(id);
                     background += 1;
                 }

@@ -28,8 +28,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// does not apply at shutdown; OTLP metrics are collected on their own clock in the background).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushReason {
-    /// At the end of an invocation, which waits for it (before the freeze).
+    /// At the end of an invocation, which waits for it (before the freeze): `end`, `periodic`.
     Invoke,
+    /// At the end of an invocation `adaptive` held because its telemetry must not wait (sparse
+    /// traffic, old events, a filling queue): everything goes, as at shutdown,
+    /// `DISPATCH_MIN_BATCH_SIZE` notwithstanding.
+    Overdue,
     /// Beside the lifecycle, while the function runs; nothing waits for it.
     Background,
     /// The last flushes, before `deadlineMs`.
@@ -39,7 +43,7 @@ pub enum FlushReason {
 impl From<FlushReason> for FlushTrigger {
     fn from(reason: FlushReason) -> FlushTrigger {
         match reason {
-            FlushReason::Invoke => FlushTrigger::Invoke,
+            FlushReason::Invoke | FlushReason::Overdue => FlushTrigger::Invoke,
             FlushReason::Background => FlushTrigger::Background,
             FlushReason::Shutdown => FlushTrigger::Shutdown,
         }
@@ -76,7 +80,8 @@ pub struct InvokeInfo {
     pub tracing: Option<String>,
 }
 
-/// A destination for events. Every sink gets every event, in arrival order.
+/// A destination for events. Every sink gets every event; each flush's events in arrival order
+/// (what a flush did not deliver comes first in a later one).
 pub trait Sink: Send + Sync {
     /// Its label in the self-metrics and log lines.
     fn name(&self) -> SinkLabel;
@@ -184,15 +189,32 @@ impl Pipeline {
             (0..self.sinks.len()).map(|_| AtomicUsize::new(0)).collect();
         let flushes = self.sinks.iter().zip(&batches).zip(&progress).map(
             |((sink, (taken, _)), done)| async move {
-                let Some(taken) = taken else {
-                    return false;
+                // A flush something waits for also reaches a sink with nothing new: it may hold
+                // data of its own (OTLP's mapped spans, logs and metrics) to send before a freeze.
+                let events: &[Event] = match taken {
+                    Some(taken) => &taken.events,
+                    None if reason == FlushReason::Background => return false,
+                    None => &[],
                 };
                 let ctx = FlushContext {
                     reason,
                     deadline,
                     done,
                 };
-                let delivery = CatchPanic(sink.flush(&taken.events, ctx));
+                // Building the sink's future runs its code too (OTLP builds its SDK state there):
+                // a panic then must not take the flush down before it settles what it took.
+                let delivery = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sink.flush(events, ctx)
+                })) {
+                    Ok(future) => CatchPanic(future),
+                    Err(_) => {
+                        tracing::error!(
+                            sink = %sink.name(),
+                            "sink panicked starting a flush; its events stay queued"
+                        );
+                        return false;
+                    }
+                };
                 // No freeze comes after SHUTDOWN, and Lambda kills at its deadline: a hard cut.
                 let outcome = if reason == FlushReason::Shutdown {
                     tokio::time::timeout_at(deadline, delivery).await.ok()
@@ -429,11 +451,28 @@ mod tests {
         assert_eq!(buggy.delivered(), raw(0..5));
         assert_eq!((report[0].offered, report[1].offered), (0, 3));
         assert_eq!(
-            good.offered().len(),
+            good.offered()
+                .iter()
+                .filter(|batch| !batch.is_empty())
+                .count(),
             1,
             "nothing offered twice to the good sink"
         );
         assert_eq!(pipeline.pending(), 0);
+    }
+
+    /// A flush something waits for reaches every sink, with nothing new too (OTLP sends what it
+    /// mapped earlier then); one beside the lifecycle does not bother a sink with nothing new.
+    #[tokio::test]
+    async fn only_flushes_something_waits_for_reach_a_sink_with_nothing_new() {
+        let sink = TestSink::new(SinkLabel::RawJson, Behaviour::Deliver);
+        let pipeline = pipeline(&[&sink]);
+        pipeline.flush(FlushReason::Background, soon()).await;
+        assert!(sink.offered().is_empty());
+        for reason in [FlushReason::Overdue, FlushReason::Shutdown] {
+            pipeline.flush(reason, soon()).await;
+        }
+        assert_eq!(sink.offered(), vec![Vec::<Vec<u8>>::new(); 2]);
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
 //! The raw JSON sink: POSTs events to `DISPATCH_POST_URI` as a JSON array, each event's bytes
-//! exactly as Lambda sent them, in arrival order, each once across all POSTs.
+//! exactly as Lambda sent them, each once across all POSTs; in arrival order within a flush, and
+//! across flushes when one runs at a time (`end`, `periodic`, `shutdown`; under `adaptive` a
+//! flush that overlapped another or was retried may arrive after a newer one).
 
 pub mod config;
 
@@ -46,9 +48,10 @@ impl RawJsonSink {
     }
 
     async fn deliver(&self, events: &[Event], ctx: FlushContext<'_>) {
-        // The seed's rule: dispatch only when more than the minimum are waiting (at shutdown,
-        // everything goes).
-        if ctx.reason != FlushReason::Shutdown && events.len() <= self.min_batch_size {
+        // The seed's rule: dispatch only when more than the minimum are waiting (at shutdown and
+        // when telemetry is overdue, everything goes).
+        let batching = matches!(ctx.reason, FlushReason::Invoke | FlushReason::Background);
+        if events.is_empty() || (batching && events.len() <= self.min_batch_size) {
             tracing::debug!(
                 waiting = events.len(),
                 min = self.min_batch_size,
