@@ -23,6 +23,14 @@ pub(super) fn log_record(
     match record {
         serde_json::Value::String(text) => log.set_body(AnyValue::from(text)),
         serde_json::Value::Object(fields) => {
+            // A record without a text message is its own body, as a key-value list (its fields
+            // are also attributes, as for every JSON record): an empty body would hide it in
+            // every log view.
+            let has_message = ["message", "msg"]
+                .iter()
+                .any(|k| fields.get(*k).is_some_and(serde_json::Value::is_string));
+            let structured =
+                (!has_message).then(|| structured(serde_json::Value::Object(fields.clone())));
             let mut body = None;
             for (key, value) in fields {
                 match (key.as_str(), value) {
@@ -46,7 +54,11 @@ pub(super) fn log_record(
                     (_, value) => log.add_attribute(key, json_to_any(value)),
                 }
             }
-            log.set_body(AnyValue::from(body.unwrap_or_default()));
+            match (body, structured) {
+                (Some(text), _) => log.set_body(AnyValue::from(text)),
+                (None, Some(record)) => log.set_body(record),
+                (None, None) => log.set_body(AnyValue::from(String::new())),
+            }
         }
         other => log.set_body(AnyValue::from(other.to_string())),
     }
@@ -78,6 +90,23 @@ fn severity(level: &str) -> (Severity, &'static str) {
     }
 }
 
+/// A JSON value as an OTLP value, objects and arrays kept as structures (a log body).
+fn structured(value: serde_json::Value) -> AnyValue {
+    match value {
+        serde_json::Value::Object(fields) => AnyValue::Map(Box::new(
+            fields
+                .into_iter()
+                .map(|(k, v)| (opentelemetry::Key::from(k), structured(v)))
+                .collect(),
+        )),
+        serde_json::Value::Array(items) => {
+            AnyValue::ListAny(Box::new(items.into_iter().map(structured).collect()))
+        }
+        serde_json::Value::Null => AnyValue::from(String::new()),
+        other => json_to_any(other),
+    }
+}
+
 fn json_to_any(value: serde_json::Value) -> AnyValue {
     match value {
         serde_json::Value::String(s) => AnyValue::from(s),
@@ -87,5 +116,52 @@ fn json_to_any(value: serde_json::Value) -> AnyValue {
             None => AnyValue::from(n.as_f64().unwrap_or(0.0)),
         },
         other => AnyValue::from(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::logs::LoggerProvider as _;
+    use opentelemetry_sdk::logs::SdkLoggerProvider;
+
+    fn body_of(record: &str) -> Option<AnyValue> {
+        let provider = SdkLoggerProvider::builder().build();
+        let logger = provider.logger("test");
+        let record = serde_json::from_str(record).expect("json");
+        let (log, _) = log_record(&logger, EventKind::FunctionLog, record, None);
+        log.body().cloned()
+    }
+
+    #[test]
+    fn a_json_record_with_a_message_has_it_as_body() {
+        let body = body_of(r#"{"level":"INFO","message":"hello","n":1}"#);
+        assert_eq!(body, Some(AnyValue::from("hello".to_string())));
+    }
+
+    #[test]
+    fn a_json_record_without_a_message_is_its_own_structured_body() {
+        let body = body_of(r#"{"level":"ERROR","order":{"id":7,"items":["a","b"]},"ok":false}"#);
+        let Some(AnyValue::Map(map)) = body else {
+            panic!("not a key-value list: {body:?}");
+        };
+        assert_eq!(
+            map.get(&opentelemetry::Key::from("level")),
+            Some(&AnyValue::from("ERROR".to_string()))
+        );
+        assert_eq!(
+            map.get(&opentelemetry::Key::from("ok")),
+            Some(&AnyValue::from(false))
+        );
+        let Some(AnyValue::Map(order)) = map.get(&opentelemetry::Key::from("order")) else {
+            panic!("nested object not kept as a structure: {map:?}");
+        };
+        assert_eq!(
+            order.get(&opentelemetry::Key::from("items")),
+            Some(&AnyValue::ListAny(Box::new(vec![
+                AnyValue::from("a".to_string()),
+                AnyValue::from("b".to_string())
+            ])))
+        );
     }
 }
