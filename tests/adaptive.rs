@@ -24,6 +24,30 @@ fn events_in(request: &RecordedRequest) -> Vec<Value> {
     serde_json::from_slice::<Vec<Value>>(&request.body).expect("a JSON array")
 }
 
+/// Each of `invocations`' runtimeDone reached `sink` before that invocation's next `/event/next`.
+fn assert_runtime_done_before_next(
+    report: &lambda_sim::SimReport,
+    invocations: &[InvocationRecord],
+    sink: &RecordingEndpoint,
+    why: &str,
+) {
+    let requests = sink.requests();
+    for invocation in invocations {
+        let next = invocation.next_called_at.expect("next called");
+        let delivered_before = requests.iter().filter(|r| r.arrived_at < next).any(|r| {
+            events_in(r).iter().any(|e| {
+                e["type"] == "platform.runtimeDone"
+                    && e["record"]["requestId"] == *invocation.request_id
+            })
+        });
+        assert!(
+            delivered_before,
+            "invocation {}: {why}\n{}",
+            invocation.index, report.extension_output
+        );
+    }
+}
+
 /// With endpoints that answer after 300 ms and a 30 ms function, every invocation after the first
 /// goes back to `/event/next` before the answer to any request sent during it: the network is
 /// not billed. Every event still arrives exactly once, the last ones at shutdown.
@@ -105,21 +129,12 @@ fn sparse_traffic_with_freezes_delivers_each_invocation_before_its_freeze() {
         cfg.between_invokes_ms = 700;
         let report = run(cfg).await;
         assert_clean(&report);
-        let requests = sink.requests();
-        for invocation in &report.invocations {
-            let next = invocation.next_called_at.expect("next called");
-            let delivered_before = requests.iter().filter(|r| r.arrived_at < next).any(|r| {
-                events_in(r).iter().any(|e| {
-                    e["type"] == "platform.runtimeDone"
-                        && e["record"]["requestId"] == *invocation.request_id
-                })
-            });
-            assert!(
-                delivered_before,
-                "invocation {}'s runtimeDone was not delivered before its freeze\n{}",
-                invocation.index, report.extension_output
-            );
-        }
+        assert_runtime_done_before_next(
+            &report,
+            &report.invocations,
+            &sink,
+            "runtimeDone not delivered before the freeze",
+        );
         assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
     });
 }
@@ -298,20 +313,11 @@ fn overdue_telemetry_leaves_below_the_minimum_batch_size() {
         cfg.between_invokes_ms = 500;
         let report = run(cfg).await;
         assert_clean(&report);
-        let requests = sink.requests();
-        for invocation in &report.invocations[1..] {
-            let next = invocation.next_called_at.expect("next called");
-            let delivered_before = requests.iter().filter(|r| r.arrived_at < next).any(|r| {
-                events_in(r).iter().any(|e| {
-                    e["type"] == "platform.runtimeDone"
-                        && e["record"]["requestId"] == *invocation.request_id
-                })
-            });
-            assert!(
-                delivered_before,
-                "invocation {} waited for a full batch\n{}",
-                invocation.index, report.extension_output
-            );
-        }
+        assert_runtime_done_before_next(
+            &report,
+            &report.invocations[1..],
+            &sink,
+            "waited for a full batch",
+        );
     });
 }

@@ -91,64 +91,106 @@ struct Waiter {
     answer: oneshot::Sender<bool>,
 }
 
+/// What a flush task returns: its id, why it ran, when it started, what each sink did.
+type FlightOutcome = (u64, FlushReason, Instant, Vec<SinkFlush>);
+
+/// The flushes in progress.
+struct Flights {
+    pipeline: Arc<Pipeline>,
+    flush_timeout: Duration,
+    set: JoinSet<FlightOutcome>,
+    /// Which flush each task is, for a task that ends without returning (a panic).
+    tasks: HashMap<tokio::task::Id, (u64, FlushReason)>,
+    /// Ids in flight; a waiter is answered once none up to its own is left.
+    in_flight: BTreeSet<u64>,
+    background: usize,
+    next_id: u64,
+}
+
+impl Flights {
+    /// Starts a flush; a background one's deadline is set when its task first runs (a freeze
+    /// may come between the kick and then, and must not eat its time).
+    fn start(&mut self, reason: FlushReason, deadline: Option<Instant>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let pipeline = self.pipeline.clone();
+        let flush_timeout = self.flush_timeout;
+        let task = self.set.spawn(async move {
+            let started = Instant::now();
+            let deadline = deadline.unwrap_or(started + flush_timeout);
+            let report = pipeline.flush(reason, deadline).await;
+            (id, reason, started, report)
+        });
+        self.tasks.insert(task.id(), (id, reason));
+        self.in_flight.insert(id);
+        if reason == FlushReason::Background {
+            self.background += 1;
+        }
+        id
+    }
+
+    /// Starts a background flush if fewer than [`MAX_BACKGROUND`] are in flight; false if not.
+    fn start_background(&mut self) -> bool {
+        if self.background >= MAX_BACKGROUND {
+            return false;
+        }
+        self.start(FlushReason::Background, None);
+        true
+    }
+
+    /// Books a finished task: which flush it was, and what it returned (`None`: it panicked).
+    fn finished(
+        &mut self,
+        joined: Result<(tokio::task::Id, FlightOutcome), tokio::task::JoinError>,
+    ) -> Option<(FlushReason, Option<FlightOutcome>)> {
+        let (task, outcome) = match joined {
+            Ok((task, outcome)) => (task, Some(outcome)),
+            Err(error) => (error.id(), None),
+        };
+        let (id, reason) = self.tasks.remove(&task)?;
+        self.in_flight.remove(&id);
+        if reason == FlushReason::Background {
+            self.background -= 1;
+        }
+        Some((reason, outcome))
+    }
+}
+
 async fn run(
     pipeline: Arc<Pipeline>,
     mut orders: mpsc::UnboundedReceiver<Order>,
     flush_timeout: Duration,
     drain_when_filling: bool,
 ) {
-    let mut flights: JoinSet<(u64, FlushReason, Instant, Vec<SinkFlush>)> = JoinSet::new();
-    // Which flush each task is, for a task that ends without returning (a panic).
-    let mut tasks: HashMap<tokio::task::Id, (u64, FlushReason)> = HashMap::new();
-    let mut in_flight = BTreeSet::new();
+    let mut flights = Flights {
+        pipeline: pipeline.clone(),
+        flush_timeout,
+        set: JoinSet::new(),
+        tasks: HashMap::new(),
+        in_flight: BTreeSet::new(),
+        background: 0,
+        next_id: 0,
+    };
     // After a background flush that delivered nothing it was offered (an endpoint down), a
     // filling queue does not start another at once: each would re-encode the whole backlog.
     let mut pressure_paused_until: Option<Instant> = None;
     // Once the shutdown drain began, nothing starts beside it.
     let mut draining = false;
-    let mut background = 0usize;
     let mut kick_waiting = false;
     let mut waiters: Vec<Waiter> = Vec::new();
-    let mut next_id = 0u64;
-    // A background flush's deadline is set when its task first runs: a freeze may come between
-    // the kick and then, and must not eat its time.
-    let mut start = |flights: &mut JoinSet<_>, reason: FlushReason, deadline: Option<Instant>| {
-        let id = next_id;
-        next_id += 1;
-        let pipeline = pipeline.clone();
-        let task = flights.spawn(async move {
-            let started = Instant::now();
-            let deadline = deadline.unwrap_or(started + flush_timeout);
-            let report = pipeline.flush(reason, deadline).await;
-            (id, reason, started, report)
-        });
-        (id, task.id())
-    };
-    let filling = pipeline.clone();
     loop {
         tokio::select! {
-            () = filling.pressure.notified(), if drain_when_filling && !draining => {
+            () = pipeline.pressure.notified(), if drain_when_filling && !draining => {
                 let paused = pressure_paused_until.is_some_and(|until| Instant::now() < until);
-                if paused {
-                    // The next INVOKE's kick still delivers.
-                } else if background < MAX_BACKGROUND {
-                    let (id, task) = start(&mut flights, FlushReason::Background, None);
-                    tasks.insert(task, (id, FlushReason::Background));
-                    in_flight.insert(id);
-                    background += 1;
-                } else {
+                // While paused, the next INVOKE's kick still delivers.
+                if !paused && !flights.start_background() {
                     kick_waiting = true;
                 }
             }
             order = orders.recv() => match order {
                 Some(Order::Kick) if draining => {}
                 Some(Order::Kick) => {
-                    if background < MAX_BACKGROUND {
-                        let (id, task) = start(&mut flights, FlushReason::Background, None);
-                        tasks.insert(task, (id, FlushReason::Background));
-                        in_flight.insert(id);
-                        background += 1;
-                    } else {
+                    if !flights.start_background() {
                         kick_waiting = true;
                     }
                 }
@@ -157,23 +199,13 @@ async fn run(
                         draining = true;
                         kick_waiting = false;
                     }
-                    let (id, task) = start(&mut flights, reason, Some(deadline));
-                    tasks.insert(task, (id, reason));
-                    in_flight.insert(id);
-                    waiters.push(Waiter { last: id, answer });
+                    let last = flights.start(reason, Some(deadline));
+                    waiters.push(Waiter { last, answer });
                 }
                 None => return,
             },
-            Some(joined) = flights.join_next_with_id(), if !flights.is_empty() => {
-                let (task, outcome) = match joined {
-                    Ok((task, outcome)) => (task, Some(outcome)),
-                    Err(error) => (error.id(), None),
-                };
-                let Some((id, reason)) = tasks.remove(&task) else { continue };
-                in_flight.remove(&id);
-                if reason == FlushReason::Background {
-                    background -= 1;
-                }
+            Some(joined) = flights.set.join_next_with_id(), if !flights.set.is_empty() => {
+                let Some((reason, outcome)) = flights.finished(joined) else { continue };
                 match &outcome {
                     Some((_, _, started, report)) => {
                         record(reason, *started, report);
@@ -187,14 +219,10 @@ async fn run(
                     // The pipeline catches sinks' panics; this is a bug of its own.
                     None => tracing::error!(?reason, "a flush task failed"),
                 }
-                if kick_waiting && !draining && background < MAX_BACKGROUND && pipeline.has_pending() {
+                if kick_waiting && !draining && pipeline.has_pending() && flights.start_background() {
                     kick_waiting = false;
-                    let (id, task) = start(&mut flights, FlushReason::Background, None);
-                    tasks.insert(task, (id, FlushReason::Background));
-                    in_flight.insert(id);
-                    background += 1;
                 }
-                let oldest = in_flight.first().copied().unwrap_or(u64::MAX);
+                let oldest = flights.in_flight.first().copied().unwrap_or(u64::MAX);
                 let (due, waiting): (Vec<Waiter>, Vec<Waiter>) =
                     waiters.drain(..).partition(|w| w.last < oldest);
                 waiters = waiting;
