@@ -6,47 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_clean, block_on, config, otlp, run};
+use common::{assert_clean, assert_runtime_done_before_next, block_on, config, otlp, run, sorted};
 use lambda_sim::otlp_receiver::number_value;
 use lambda_sim::{Behaviour, InvocationRecord, RecordedRequest, RecordingEndpoint};
 use opentelemetry_proto::tonic::metrics::v1::metric;
-use serde_json::Value;
-
-/// Sorted texts of events, to compare as multisets (flushes in flight at once may arrive in any
-/// order; each must arrive exactly once).
-fn sorted(events: &[Value]) -> Vec<String> {
-    let mut texts: Vec<String> = events.iter().map(Value::to_string).collect();
-    texts.sort();
-    texts
-}
-
-fn events_in(request: &RecordedRequest) -> Vec<Value> {
-    serde_json::from_slice::<Vec<Value>>(&request.body).expect("a JSON array")
-}
-
-/// Each of `invocations`' runtimeDone reached `sink` before that invocation's next `/event/next`.
-fn assert_runtime_done_before_next(
-    report: &lambda_sim::SimReport,
-    invocations: &[InvocationRecord],
-    sink: &RecordingEndpoint,
-    why: &str,
-) {
-    let requests = sink.requests();
-    for invocation in invocations {
-        let next = invocation.next_called_at.expect("next called");
-        let delivered_before = requests.iter().filter(|r| r.arrived_at < next).any(|r| {
-            events_in(r).iter().any(|e| {
-                e["type"] == "platform.runtimeDone"
-                    && e["record"]["requestId"] == *invocation.request_id
-            })
-        });
-        assert!(
-            delivered_before,
-            "invocation {}: {why}\n{}",
-            invocation.index, report.extension_output
-        );
-    }
-}
 
 /// With endpoints that answer after 300 ms and a 30 ms function, every invocation after the first
 /// goes back to `/event/next` before the answer to any request sent during it: the network is

@@ -104,25 +104,12 @@ fn invocations_longer_than_the_flush_timeout_are_still_waited_for() {
 fn assert_runtime_done_left_before_next(report: &SimReport, sink: &RecordingEndpoint) {
     assert_clean(report);
     assert!(!report.invocations.is_empty());
-    let requests = sink.requests();
-    for invocation in &report.invocations {
-        let next = invocation.next_called_at.expect("next called");
-        let carrying = requests
-            .iter()
-            .find(|r| {
-                let body: Vec<serde_json::Value> = serde_json::from_slice(&r.body).expect("array");
-                body.iter().any(|e| {
-                    e["type"] == "platform.runtimeDone"
-                        && request_id(e) == Some(invocation.request_id.as_str())
-                })
-            })
-            .expect("the runtimeDone reached the sink");
-        assert!(
-            carrying.arrived_at <= next,
-            "invocation {} runtimeDone left after the next /event/next",
-            invocation.index
-        );
-    }
+    common::assert_runtime_done_before_next(
+        report,
+        &report.invocations,
+        sink,
+        "runtimeDone left after the next /event/next",
+    );
 }
 
 #[test]

@@ -483,12 +483,10 @@ fn sigstop_sigcont_between_every_invocation_loses_and_duplicates_nothing() {
         let report = run(cfg).await;
         assert_clean(&report);
         // Once each; a flush in flight at a freeze may finish after the next one (adaptive).
-        let sorted = |events: &[serde_json::Value]| {
-            let mut texts: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-            texts.sort();
-            texts
-        };
-        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
+        assert_eq!(
+            common::sorted(&sink.received_events()),
+            common::sorted(&report.events_sent)
+        );
         assert_each_invocation_span_exported_once(&report, &collector);
     });
 }

@@ -65,6 +65,46 @@ pub fn received_raw(endpoint: &RecordingEndpoint) -> Vec<String> {
     out
 }
 
+/// Events' texts, sorted: to compare as multisets (flushes in flight at once, under `adaptive`,
+/// may arrive in any order; each must arrive exactly once).
+pub fn sorted(events: &[Value]) -> Vec<String> {
+    let mut texts: Vec<String> = events.iter().map(Value::to_string).collect();
+    texts.sort();
+    texts
+}
+
+/// Each of `invocations`' `platform.runtimeDone` reached `sink` before that invocation's next
+/// `/event/next` (it left before the freeze); `why` says what a failure means.
+pub fn assert_runtime_done_before_next(
+    report: &SimReport,
+    invocations: &[lambda_sim::InvocationRecord],
+    sink: &RecordingEndpoint,
+    why: &str,
+) {
+    let requests = sink.requests();
+    for invocation in invocations {
+        let next = invocation.next_called_at.expect("next called");
+        let carrying = requests
+            .iter()
+            .find(|r| {
+                let body: Vec<Value> = serde_json::from_slice(&r.body).expect("a JSON array");
+                body.iter().any(|e| {
+                    e["type"] == "platform.runtimeDone"
+                        && request_id(e) == Some(invocation.request_id.as_str())
+                })
+            })
+            .unwrap_or_else(|| {
+                panic!("invocation {}: runtimeDone never arrived", invocation.index)
+            });
+        assert!(
+            carrying.arrived_at < next,
+            "invocation {}: {why}\n{}",
+            invocation.index,
+            report.extension_output
+        );
+    }
+}
+
 /// The request id of an event, if it has one.
 pub fn request_id(event: &Value) -> Option<&str> {
     event.get("record")?.get("requestId")?.as_str()
