@@ -55,6 +55,8 @@ struct Bridge {
     telemetry_live: bool,
     listener: Option<listener::Listener>,
     delivery: Delivery,
+    /// Managed Instances: the task that delivers every `periodic` interval.
+    timer: Option<tokio::task::JoinHandle<()>>,
     cadence: Cadence,
     last_flush: Instant,
     last_request: Option<String>,
@@ -71,8 +73,19 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         otlp,
         self_metrics,
     } = settings;
+    let model = config.lambda.model;
+    if model.is_managed_instances() {
+        // Never frozen there: a late timer is a starved CPU, not a freeze to forgive.
+        crate::awake::assume_no_freezes();
+    }
     let mut api = ExtensionsApi::new(&config.lambda.runtime_api);
-    let registration = match api.register(&extension_name).await {
+    // Managed Instances refuses INVOKE (403 Extension.InvalidEventType): SHUTDOWN only there.
+    let events: &[&str] = if model.is_managed_instances() {
+        &["SHUTDOWN"]
+    } else {
+        &["INVOKE", "SHUTDOWN"]
+    };
+    let registration = match api.register(&extension_name, events).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "registration failed; the extension cannot run");
@@ -84,6 +97,9 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         function = registration.function_name.as_deref().unwrap_or("?"),
         version = registration.function_version.as_deref().unwrap_or("?"),
         account_id_known = registration.account_id.is_some(),
+        model = %model.as_str(),
+        initialization_type = %config.lambda.initialization_type.as_deref().unwrap_or("?"),
+        events = ?events,
         "registered"
     );
 
@@ -197,11 +213,23 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         return fail_init(&api, &listen_issues).await;
     }
 
+    // Beside the lifecycle, a queue past a quarter of its limits is drained as it fills
+    // (`adaptive`, and the timer of Managed Instances).
     let delivery = Delivery::start(
         pipeline.clone(),
         config.flush_timeout,
-        config.flush_policy == FlushPolicy::Adaptive,
+        config.flush_policy == FlushPolicy::Adaptive || model.is_managed_instances(),
     );
+    // Managed Instances: no INVOKE, no freeze; delivery runs on the timer.
+    let timer = match config.flush_policy {
+        FlushPolicy::Periodic(every) if model.is_managed_instances() => Some(start_timer(
+            every,
+            delivery.clone(),
+            pusher.clone(),
+            config.flush_timeout,
+        )),
+        _ => None,
+    };
     let mut bridge = Bridge {
         cadence: Cadence::new(config.flush_max_delay),
         config,
@@ -211,12 +239,50 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         telemetry_live,
         listener,
         delivery,
+        timer,
         last_flush: Instant::now(),
         last_request: None,
         invocations: 0,
         pusher,
     };
     bridge.event_loop().await
+}
+
+/// Delivers what is queued every `every`, beside the lifecycle, and pushes the self-metrics when
+/// due (Managed Instances, where no INVOKE marks time and nothing is frozen).
+fn start_timer(
+    every: Duration,
+    delivery: Delivery,
+    pusher: Option<Arc<tokio::sync::Mutex<Pusher>>>,
+    push_timeout: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            delivery.kick();
+            push_self_metrics_beside(pusher.as_ref(), push_timeout);
+        }
+    })
+}
+
+/// Pushes the self-metrics beside the lifecycle when their interval has passed.
+fn push_self_metrics_beside(
+    pusher: Option<&Arc<tokio::sync::Mutex<Pusher>>>,
+    push_timeout: Duration,
+) {
+    let Some(pusher) = pusher else {
+        return;
+    };
+    let Ok(mut pusher) = pusher.clone().try_lock_owned() else {
+        return; // a push is in progress
+    };
+    if !pusher.due() {
+        return;
+    }
+    let deadline = Instant::now() + push_timeout;
+    tokio::spawn(async move { pusher.maybe_push(false, deadline).await });
 }
 
 /// `BRIDGE_STRICT=true` and a setting was invalid: an init error reported to Lambda, exit 1.
@@ -397,7 +463,7 @@ impl Bridge {
                         // What is queued (earlier invocations' events) leaves while the function
                         // runs; this invocation's leave during the next one.
                         self.delivery.kick();
-                        self.push_self_metrics_beside();
+                        push_self_metrics_beside(self.pusher.as_ref(), self.config.flush_timeout);
                         None
                     }
                 }
@@ -474,21 +540,6 @@ impl Bridge {
         );
     }
 
-    /// Pushes the self-metrics beside the lifecycle when their interval has passed.
-    fn push_self_metrics_beside(&self) {
-        let Some(pusher) = &self.pusher else {
-            return;
-        };
-        let Ok(mut pusher) = pusher.clone().try_lock_owned() else {
-            return; // a push is in progress
-        };
-        if !pusher.due() {
-            return;
-        }
-        let deadline = Instant::now() + self.config.flush_timeout;
-        tokio::spawn(async move { pusher.maybe_push(false, deadline).await });
-    }
-
     /// Drains: waits for the last invocation's report (it arrives after SHUTDOWN), then flushes
     /// every sink, retrying stragglers, and returns before `deadlineMs` with a margin.
     async fn on_shutdown(&mut self, reason: &str, deadline_ms: u64) {
@@ -504,9 +555,31 @@ impl Bridge {
             invocations = self.invocations,
             "shutdown"
         );
+        if let Some(timer) = self.timer.take() {
+            timer.abort(); // the drain below takes everything
+        }
+        // Keep at least half of the budget for the flush itself.
+        let wait_until = received + hard_deadline.duration_since(received) / 2;
+        if self.config.lambda.model.is_managed_instances() && self.waits_for_runtime_done() {
+            // Invocations run concurrently and end without the extension seeing it: wait for
+            // the reports of those that started.
+            let open = self.progress.borrow().open_invocations();
+            let all_reported = tokio::time::timeout_at(
+                wait_until,
+                self.progress.wait_for(|p| p.open_invocations() == 0),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !all_reported {
+                tracing::warn!(
+                    open = self.progress.borrow().open_invocations(),
+                    "shutdown: some invocations' platform.report did not arrive in time"
+                );
+            } else if open > 0 {
+                tracing::debug!(open, "shutdown: the open invocations reported");
+            }
+        }
         if let (true, Some(last)) = (self.waits_for_runtime_done(), self.last_request.clone()) {
-            // Keep at least half of the budget for the flush itself.
-            let wait_until = received + hard_deadline.duration_since(received) / 2;
             let arrived =
                 tokio::time::timeout_at(wait_until, self.progress.wait_for(|p| p.reported(&last)))
                     .await

@@ -9,6 +9,7 @@
 //! counted from the thaw, once per wait: time really spent waiting stays within twice the budget.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,6 +18,25 @@ use tokio::time::Instant;
 /// function's CPU share (7.2 % of a core, a 100 ms quota period) a runnable process waits at most
 /// ~93 ms for its turn.
 pub const FREEZE_EVIDENCE: Duration = Duration::from_millis(250);
+
+/// False under Lambda Managed Instances, which never freezes an environment: there a late timer
+/// is a starved CPU, and the exchange gets no second budget.
+static FREEZES_POSSIBLE: AtomicBool = AtomicBool::new(true);
+
+/// The process runs where it is never frozen (Managed Instances): late timers are not forgiven.
+pub fn assume_no_freezes() {
+    FREEZES_POSSIBLE.store(false, Ordering::Relaxed);
+}
+
+/// Whether a timer or a sleep that ended `late` after its instant shows that the process was
+/// frozen meanwhile.
+pub fn looks_frozen(late: Duration) -> bool {
+    shows_freeze(late, FREEZES_POSSIBLE.load(Ordering::Relaxed))
+}
+
+fn shows_freeze(late: Duration, freezes_possible: bool) -> bool {
+    freezes_possible && late >= FREEZE_EVIDENCE
+}
 
 /// The budget ran out while the process was running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +59,7 @@ pub async fn timeout_at<F: Future>(deadline: Instant, future: F) -> Result<F::Ou
             Ok(output) => return Ok(output),
             Err(_) => {
                 let now = Instant::now();
-                if forgiven || now.saturating_duration_since(expires) < FREEZE_EVIDENCE {
+                if forgiven || !looks_frozen(now.saturating_duration_since(expires)) {
                     return Err(Elapsed);
                 }
                 forgiven = true;
@@ -63,6 +83,13 @@ mod tests {
         let result = timeout(Duration::from_millis(30), std::future::pending::<()>()).await;
         assert_eq!(result, Err(Elapsed));
         assert!(started.elapsed() < FREEZE_EVIDENCE + Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_late_timer_shows_a_freeze_only_where_freezes_happen() {
+        assert!(shows_freeze(Duration::from_millis(400), true));
+        assert!(!shows_freeze(Duration::from_millis(100), true));
+        assert!(!shows_freeze(Duration::from_millis(400), false));
     }
 
     #[tokio::test]

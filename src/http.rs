@@ -338,7 +338,7 @@ pub async fn post_with_retry(
         // An attempt that lasted longer than its timeout allows was frozen part of the time (a
         // peer that closed the connection meanwhile fails it only at the thaw): the retries get
         // the time that was left, counted from the thaw (`crate::awake`).
-        if !extended && started.elapsed() > timeout + crate::awake::FREEZE_EVIDENCE {
+        if !extended && crate::awake::looks_frozen(started.elapsed().saturating_sub(timeout)) {
             deadline = Instant::now() + remaining;
             extended = true;
         }
@@ -365,7 +365,7 @@ pub async fn post_with_retry(
         // A sleep that overran by more than scheduling explains was frozen: that time was not
         // the endpoint's to use.
         let overrun = slept.elapsed().saturating_sub(wait);
-        if !extended && overrun > crate::awake::FREEZE_EVIDENCE {
+        if !extended && crate::awake::looks_frozen(overrun) {
             deadline += overrun;
             extended = true;
         }

@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub history_limit: Option<usize>,
     /// The extension's pid once spawned (0 before), for the CPU samples at `/event/next`.
     pub pid: AtomicU32,
+    /// Lambda Managed Instances' rules: INVOKE registration refused, schema 2025-01-29 only.
+    pub managed_instances: bool,
 }
 
 impl Shared {
@@ -196,6 +198,14 @@ async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             "empty Lambda-Extension-Name header".to_string(),
         )),
         (_, Err(m)) => Err(("Extension.InvalidEventType", m)),
+        (_, Ok(events)) if shared.managed_instances && events.iter().any(|e| e == "INVOKE") => {
+            Err((
+                "Extension.InvalidEventType",
+                "INVOKE is not a valid event type on Lambda Managed Instances: register for \
+                 SHUTDOWN only"
+                    .to_string(),
+            ))
+        }
         (Some(_), Ok(_)) if rec.extension_id.is_some() => Err((
             "Extension.AlreadyRegistered",
             "the extension is already registered".to_string(),
@@ -339,6 +349,9 @@ fn accepted() -> Response {
         .into_response()
 }
 
+/// The only schema version Lambda Managed Instances accepts.
+pub const MANAGED_INSTANCES_SCHEMA: &str = "2025-01-29";
+
 /// Accepted schema versions of `PUT /telemetry`.
 pub const SCHEMA_VERSIONS: [&str; 3] = ["2022-07-01", "2022-12-13", "2025-01-29"];
 
@@ -462,10 +475,17 @@ async fn subscribe(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         return r;
     }
     let (value, is_json) = body_value(&body);
-    let result = if is_json {
-        validate_subscription(&value)
-    } else {
+    let result = if !is_json {
         Err("the body is not JSON".into())
+    } else if shared.managed_instances
+        && value.get("schemaVersion").and_then(Value::as_str) != Some(MANAGED_INSTANCES_SCHEMA)
+    {
+        Err(format!(
+            "Lambda Managed Instances requires schemaVersion {MANAGED_INSTANCES_SCHEMA:?}, got {}",
+            value.get("schemaVersion").unwrap_or(&Value::Null)
+        ))
+    } else {
+        validate_subscription(&value)
     };
     let mut rec = shared.lock();
     rec.subscription_body = Some(value);
@@ -516,6 +536,85 @@ mod tests {
             "buffering": buffering,
             "destination": {"protocol": "HTTP", "URI": uri},
         })
+    }
+
+    /// The control plane of a Managed Instances environment, and a client for it.
+    async fn managed_control_plane() -> (ControlPlane, reqwest::Client) {
+        let (ctrl, _) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            recorded: Mutex::new(Recorded::default()),
+            hub: Arc::new(TelemetryHub::with_history_limit(None)),
+            ctrl,
+            function_name: "f".into(),
+            history_limit: None,
+            pid: AtomicU32::new(0),
+            managed_instances: true,
+        });
+        let plane = ControlPlane::start(shared).await.expect("control plane");
+        let client = crate::driver::http_client().expect("client");
+        (plane, client)
+    }
+
+    async fn register(
+        client: &reqwest::Client,
+        plane: &ControlPlane,
+        events: Value,
+    ) -> (u16, Value, Option<String>) {
+        let answer = client
+            .post(format!(
+                "http://{}/2020-01-01/extension/register",
+                plane.addr
+            ))
+            .header("Lambda-Extension-Name", "ext")
+            .body(json!({ "events": events }).to_string())
+            .send()
+            .await
+            .expect("register");
+        let status = answer.status().as_u16();
+        let id = answer
+            .headers()
+            .get(ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = answer.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, body, id)
+    }
+
+    #[tokio::test]
+    async fn managed_instances_refuses_invoke_registration_with_403() {
+        let (plane, client) = managed_control_plane().await;
+        let (status, body, _) = register(&client, &plane, json!(["INVOKE", "SHUTDOWN"])).await;
+        assert_eq!(status, 403);
+        assert_eq!(body["errorType"], "Extension.InvalidEventType");
+        let (status, _, id) = register(&client, &plane, json!(["SHUTDOWN"])).await;
+        assert_eq!(status, 200);
+        assert!(id.is_some());
+    }
+
+    #[tokio::test]
+    async fn managed_instances_refuses_older_schema_versions_with_400() {
+        let (plane, client) = managed_control_plane().await;
+        let (_, _, id) = register(&client, &plane, json!(["SHUTDOWN"])).await;
+        let id = id.expect("registered");
+        let subscribe = |version: &'static str| {
+            let mut subscription = body(
+                json!({"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25}),
+                "http://127.0.0.1:4243/",
+            );
+            subscription["schemaVersion"] = json!(version);
+            client
+                .put(format!("http://{}/2022-07-01/telemetry", plane.addr))
+                .header(ID_HEADER, id.clone())
+                .body(subscription.to_string())
+                .send()
+        };
+        for old in ["2022-07-01", "2022-12-13"] {
+            let answer = subscribe(old).await.expect("subscribe");
+            assert_eq!(answer.status().as_u16(), 400, "{old}");
+        }
+        let answer = subscribe("2025-01-29").await.expect("subscribe");
+        assert_eq!(answer.status().as_u16(), 200);
     }
 
     #[test]

@@ -43,7 +43,7 @@ enum Waited {
 struct Driver {
     cfg: SimConfig,
     /// Events emitted so far (picks each one's time format).
-    emitted: std::sync::atomic::AtomicUsize,
+    emitted: Arc<std::sync::atomic::AtomicUsize>,
     progress: Option<ProgressFn>,
     hub: Arc<TelemetryHub>,
     shared: Arc<Shared>,
@@ -86,6 +86,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         function_name: cfg.function_name.clone(),
         history_limit: cfg.history_limit,
         pid: std::sync::atomic::AtomicU32::new(0),
+        managed_instances: cfg.managed_instances.is_some(),
     });
     let control_plane = ControlPlane::start(shared.clone()).await?;
     let client = if cfg.new_connection_per_push {
@@ -140,7 +141,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
     }
 
     let mut d = Driver {
-        emitted: std::sync::atomic::AtomicUsize::new(0),
+        emitted: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         cfg,
         progress,
         hub,
@@ -184,7 +185,13 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
             });
         }
     };
-    let (pending, deferred_report) = d.invocations(first_next).await;
+    let (pending, deferred_report) = match d.cfg.managed_instances {
+        Some(concurrency) => (
+            d.concurrent_invocations(first_next, concurrency).await,
+            None,
+        ),
+        None => d.invocations(first_next).await,
+    };
     d.shutdown(pending, deferred_report).await;
     Ok(d.finish().await)
 }
@@ -223,6 +230,22 @@ fn client_builder() -> Result<reqwest::ClientBuilder, SimError> {
         ))
 }
 
+/// `AWS_LAMBDA_INITIALIZATION_TYPE` and `platform.initStart`'s `initializationType`.
+fn initialization_type(cfg: &SimConfig) -> &'static str {
+    if cfg.managed_instances.is_some() {
+        "lambda-managed-instances"
+    } else if cfg.snap_start {
+        "snap-start"
+    } else {
+        "on-demand"
+    }
+}
+
+/// The tenant of invocation `i` (`SimConfig::tenants`), spread round-robin.
+fn tenant_for(cfg: &SimConfig, i: usize) -> Option<String> {
+    (cfg.tenants > 0).then(|| format!("tenant-{}", i % cfg.tenants + 1))
+}
+
 fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {
     let date: String = events::rfc3339(SystemTime::now())
         .chars()
@@ -247,12 +270,7 @@ fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {
         ("AWS_EXECUTION_ENV", "AWS_Lambda_nodejs20.x".to_string()),
         (
             "AWS_LAMBDA_INITIALIZATION_TYPE",
-            if cfg.snap_start {
-                "snap-start"
-            } else {
-                "on-demand"
-            }
-            .to_string(),
+            initialization_type(cfg).to_string(),
         ),
         ("LAMBDA_TASK_ROOT", "/var/task".to_string()),
         ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_string()),
@@ -511,8 +529,8 @@ impl Driver {
 
     /// The init phase. Returns the extension's first pending `/event/next`.
     async fn init(&mut self) -> Result<PendingNext, String> {
-        let snap = self.cfg.snap_start;
-        let init_type = if snap { "snap-start" } else { "on-demand" };
+        let snap = self.cfg.snap_start && self.cfg.managed_instances.is_none();
+        let init_type = initialization_type(&self.cfg);
         let now = SystemTime::now();
         if snap {
             self.emit(events::restore_start(now));
@@ -694,6 +712,91 @@ impl Driver {
         (pending, deferred)
     }
 
+    /// Lambda Managed Instances: up to `concurrency` invocations at once until the limit or a
+    /// stop, none of them shown to the extension (its `/event/next` stays pending until
+    /// SHUTDOWN). Returns that pending call.
+    async fn concurrent_invocations(
+        &mut self,
+        first: PendingNext,
+        concurrency: usize,
+    ) -> Option<PendingNext> {
+        enum Step {
+            Ended(Result<InvocationRecord, tokio::task::JoinError>),
+            Control(Waited),
+        }
+        let concurrency = concurrency.max(1);
+        let limit = self.cfg.invocations;
+        let emitter = Emitter {
+            hub: self.hub.clone(),
+            emitted: self.emitted.clone(),
+        };
+        let mut running = tokio::task::JoinSet::new();
+        let mut started = 0usize;
+        let mut errors_so_far = 0usize;
+        loop {
+            while running.len() < concurrency
+                && (limit == 0 || started < limit)
+                && !self.stop_requested()
+            {
+                let (status, error_type) = match self.outcome_for(started, errors_so_far) {
+                    // Managed Instances does not enforce the per-invocation timeout.
+                    (status, _) if status == "timeout" => ("success".to_string(), None),
+                    outcome => outcome,
+                };
+                if status == "error" {
+                    errors_so_far += 1;
+                }
+                let invocation = ConcurrentInvocation {
+                    index: started,
+                    request_id: events::uuid(),
+                    tenant_id: tenant_for(&self.cfg, started),
+                    trace: self.cfg.xray.then(Trace::new),
+                    status,
+                    error_type,
+                    // A pause before each start keeps `between_invokes_ms` per slot.
+                    pause: Duration::from_millis(if started >= concurrency {
+                        self.cfg.between_invokes_ms
+                    } else {
+                        0
+                    }),
+                    duration: vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5),
+                    log_lines: self.cfg.log_lines_per_invoke,
+                    listener_port: self.hub.destination_port(),
+                };
+                running.spawn(invocation.run(emitter.clone()));
+                started += 1;
+            }
+            if running.is_empty() {
+                return Some(first);
+            }
+            let step = tokio::select! {
+                Some(ended) = running.join_next() => Step::Ended(ended),
+                waited = self.wait(Instant::now() + Duration::from_secs(3600)) => Step::Control(waited),
+            };
+            match step {
+                Step::Ended(Ok(record)) => self.keep_record(record),
+                Step::Ended(Err(e)) => self.errors.push(format!("an invocation task failed: {e}")),
+                Step::Control(Waited::Msg(ControlMsg::Next(p))) => {
+                    self.errors.push(
+                        "the extension called /event/next again while a call was pending (Managed \
+                         Instances answers it only at SHUTDOWN)"
+                            .into(),
+                    );
+                    drop(p);
+                }
+                Step::Control(Waited::Msg(_)) | Step::Control(Waited::TimedOut) => {}
+                Step::Control(Waited::Exited) => {
+                    self.errors.push(format!(
+                        "the extension exited ({}) while invocations were running",
+                        self.describe_exit()
+                    ));
+                    running.abort_all();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Invocation `i`, from `platform.start` to the extension's next `/event/next`; `None` when
     /// INVOKE could not be handed over.
     async fn invocation(
@@ -706,10 +809,10 @@ impl Driver {
         let function_timeout = Duration::from_millis(self.cfg.function_timeout_ms);
         let request_id = events::uuid();
         let trace = self.cfg.xray.then(Trace::new);
-        self.emit(events::platform_start(
-            SystemTime::now(),
-            &request_id,
-            trace.as_ref(),
+        let tenant_id = tenant_for(&self.cfg, i);
+        self.emit(events::with_tenant(
+            events::platform_start(SystemTime::now(), &request_id, trace.as_ref()),
+            tenant_id.as_deref(),
         ));
         self.thaw();
         let invoked_at = Instant::now();
@@ -731,15 +834,15 @@ impl Driver {
         } else {
             vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5).min(function_timeout)
         };
-        self.run_function(
-            i,
-            &request_id,
-            invoked_at,
-            target,
-            &status,
-            error_type.as_deref(),
-        )
-        .await;
+        let lines = LogLine {
+            request_id: &request_id,
+            tenant_id: tenant_id.as_deref(),
+            k: 0,
+            n: self.cfg.log_lines_per_invoke,
+            status: &status,
+            error_type: error_type.as_deref(),
+        };
+        self.run_function(i, lines, invoked_at, target).await;
         let runtime_duration = invoked_at.elapsed();
         let outcome = RuntimeOutcome {
             request_id: request_id.clone(),
@@ -752,6 +855,7 @@ impl Driver {
                 _ => 80 + fastrand::u64(..200),
             },
             trace,
+            tenant_id: tenant_id.clone(),
         };
         let done_sys = SystemTime::now();
         self.emit(events::runtime_done(done_sys, &outcome));
@@ -778,6 +882,7 @@ impl Driver {
             outcome,
             report,
             record: InvocationRecord {
+                tenant_id,
                 index: i,
                 request_id,
                 status,
@@ -793,22 +898,20 @@ impl Driver {
         })
     }
 
-    /// The function runs for `target`, logging as it goes (and Lambda dropping some logs when
-    /// configured to).
+    /// The function runs for `target`, writing its `lines.n` log lines as it goes (and Lambda
+    /// dropping some logs when configured to).
     async fn run_function(
         &mut self,
         i: usize,
-        request_id: &str,
+        lines: LogLine<'_>,
         invoked_at: Instant,
         target: Duration,
-        status: &str,
-        error_type: Option<&str>,
     ) {
-        let lines = self.cfg.log_lines_per_invoke;
-        for k in 0..lines {
-            let at = invoked_at + target.mul_f64((k + 1) as f64 / (lines + 1) as f64);
+        for k in 0..lines.n {
+            let at = invoked_at + target.mul_f64((k + 1) as f64 / (lines.n + 1) as f64);
             tokio::time::sleep_until(at.into()).await;
-            self.emit(log_line(request_id, k, lines, status, error_type));
+            let line = LogLine { k, ..lines };
+            self.emit(line.event(k % 2 == 1));
         }
         if self
             .cfg
@@ -1083,29 +1186,133 @@ impl Driver {
     }
 }
 
-/// The k-th of `n` log lines of an invocation: even ones in text format, odd ones in JSON format;
-/// the last line of a failed invocation is its error.
-fn log_line(request_id: &str, k: usize, n: usize, status: &str, error_type: Option<&str>) -> Value {
-    let now = SystemTime::now();
-    let (level, message) = if k + 1 == n && status == "error" {
-        let et = error_type.unwrap_or("Error");
-        (
-            "ERROR",
-            format!(
-                "Invoke Error \t{{\"errorType\":\"{et}\",\"errorMessage\":\"simulated failure\",\"stack\":[\"{et}: simulated failure\",\"    at Runtime.handler (/var/task/index.mjs:12:11)\"]}}"
-            ),
-        )
-    } else {
-        match k % 3 {
-            0 => ("INFO", format!("handling request, step {}", k + 1)),
-            1 => ("DEBUG", format!("cache lookup done, step {}", k + 1)),
-            _ => ("INFO", format!("wrote 3 items, step {}", k + 1)),
+/// Emits events from the tasks of concurrent invocations.
+#[derive(Clone)]
+struct Emitter {
+    hub: Arc<TelemetryHub>,
+    emitted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Emitter {
+    fn emit(&self, mut event: Value) {
+        let n = self
+            .emitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        events::vary_time(&mut event, n);
+        self.hub.emit(event);
+    }
+}
+
+/// One invocation under Lambda Managed Instances, run as a task beside the others.
+struct ConcurrentInvocation {
+    index: usize,
+    request_id: String,
+    tenant_id: Option<String>,
+    trace: Option<Trace>,
+    status: String,
+    error_type: Option<String>,
+    pause: Duration,
+    duration: Duration,
+    log_lines: usize,
+    listener_port: Option<u16>,
+}
+
+impl ConcurrentInvocation {
+    /// `platform.start`, JSON log records carrying the requestId (the only log format there),
+    /// then `platform.report`; no runtimeDone.
+    async fn run(self, emitter: Emitter) -> InvocationRecord {
+        tokio::time::sleep(self.pause).await;
+        let start_sys = SystemTime::now();
+        let invoked_at = Instant::now();
+        emitter.emit(events::with_tenant(
+            events::platform_start(start_sys, &self.request_id, self.trace.as_ref()),
+            self.tenant_id.as_deref(),
+        ));
+        for k in 0..self.log_lines {
+            let at = invoked_at
+                + self
+                    .duration
+                    .mul_f64((k + 1) as f64 / (self.log_lines + 1) as f64);
+            tokio::time::sleep_until(at.into()).await;
+            let line = LogLine {
+                request_id: &self.request_id,
+                tenant_id: self.tenant_id.as_deref(),
+                k,
+                n: self.log_lines,
+                status: &self.status,
+                error_type: self.error_type.as_deref(),
+            };
+            emitter.emit(line.event(true));
         }
-    };
-    if k % 2 == 0 {
-        events::function_text_log(now, request_id, level, &message)
-    } else {
-        events::function_json_log(now, request_id, level, &message)
+        tokio::time::sleep_until((invoked_at + self.duration).into()).await;
+        let runtime_duration = invoked_at.elapsed();
+        let outcome = RuntimeOutcome {
+            request_id: self.request_id.clone(),
+            status: self.status.clone(),
+            error_type: self.error_type.clone(),
+            start: start_sys,
+            duration: runtime_duration,
+            produced_bytes: 0,
+            trace: self.trace,
+            tenant_id: self.tenant_id.clone(),
+        };
+        emitter.emit(events::managed_report(SystemTime::now(), &outcome));
+        InvocationRecord {
+            tenant_id: self.tenant_id,
+            index: self.index,
+            request_id: self.request_id,
+            status: self.status,
+            error_type: self.error_type,
+            invoked_at,
+            runtime_duration,
+            runtime_done_emitted: Instant::now(),
+            next_called_at: None,
+            extension_overhead: Duration::ZERO,
+            listener_port: self.listener_port,
+        }
+    }
+}
+
+/// The k-th of `n` log lines of an invocation; the last line of a failed invocation is its error.
+#[derive(Clone, Copy)]
+struct LogLine<'a> {
+    request_id: &'a str,
+    tenant_id: Option<&'a str>,
+    k: usize,
+    n: usize,
+    status: &'a str,
+    error_type: Option<&'a str>,
+}
+
+impl LogLine<'_> {
+    /// The line as a `function` event: a JSON record (with its requestId, and tenantId in tenant
+    /// isolation mode), or text.
+    fn event(&self, json: bool) -> Value {
+        let now = SystemTime::now();
+        let k = self.k;
+        let (level, message) = if k + 1 == self.n && self.status == "error" {
+            let et = self.error_type.unwrap_or("Error");
+            (
+                "ERROR",
+                format!(
+                    "Invoke Error \t{{\"errorType\":\"{et}\",\"errorMessage\":\"simulated failure\",\"stack\":[\"{et}: simulated failure\",\"    at Runtime.handler (/var/task/index.mjs:12:11)\"]}}"
+                ),
+            )
+        } else {
+            match k % 3 {
+                0 => ("INFO", format!("handling request, step {}", k + 1)),
+                1 => ("DEBUG", format!("cache lookup done, step {}", k + 1)),
+                _ => ("INFO", format!("wrote 3 items, step {}", k + 1)),
+            }
+        };
+        if json {
+            events::with_tenant(
+                events::function_json_log(now, self.request_id, level, &message),
+                self.tenant_id,
+            )
+        } else {
+            events::function_text_log(now, self.request_id, level, &message)
+        }
     }
 }
 

@@ -286,6 +286,8 @@ pub struct RuntimeOutcome {
     pub produced_bytes: u64,
     /// X-Ray context, when tracing is on.
     pub trace: Option<Trace>,
+    /// Its tenant, in tenant isolation mode.
+    pub tenant_id: Option<String>,
 }
 
 impl RuntimeOutcome {
@@ -330,7 +332,10 @@ pub fn runtime_done(time: SystemTime, o: &RuntimeOutcome) -> Value {
     if let Some(t) = &o.trace {
         record.insert("tracing".into(), t.platform_json());
     }
-    event("platform.runtimeDone", time, Value::Object(record))
+    with_tenant(
+        event("platform.runtimeDone", time, Value::Object(record)),
+        o.tenant_id.as_deref(),
+    )
 }
 
 /// The numbers of a `platform.report`.
@@ -382,7 +387,49 @@ pub fn report(time: SystemTime, o: &RuntimeOutcome, a: &ReportArgs) -> Value {
             Value::Array(vec![span("extensionOverhead", start, d)]),
         );
     }
-    event("platform.report", time, Value::Object(record))
+    with_tenant(
+        event("platform.report", time, Value::Object(record)),
+        o.tenant_id.as_deref(),
+    )
+}
+
+/// `platform.report` under Lambda Managed Instances (schema 2025-01-29): status, `durationMs`
+/// only (no billed duration, memory size, max memory used or init duration), the runtime's
+/// `responseLatency` and `responseDuration` spans, and no runtimeDone before it.
+pub fn managed_report(time: SystemTime, o: &RuntimeOutcome) -> Value {
+    let mut record = Map::new();
+    record.insert("requestId".into(), json!(o.request_id));
+    record.insert("status".into(), json!(o.status));
+    if let Some(e) = &o.error_type {
+        record.insert("errorType".into(), json!(e));
+    }
+    record.insert("metrics".into(), json!({"durationMs": ms(o.duration)}));
+    let spans: Vec<Value> = o
+        .spans()
+        .into_iter()
+        .filter(|s| s["name"] != "runtimeOverhead")
+        .collect();
+    if !spans.is_empty() {
+        record.insert("spans".into(), Value::Array(spans));
+    }
+    if let Some(t) = &o.trace {
+        record.insert("tracing".into(), t.platform_json());
+    }
+    with_tenant(
+        event("platform.report", time, Value::Object(record)),
+        o.tenant_id.as_deref(),
+    )
+}
+
+/// The event with `tenantId` in its record (tenant isolation mode: platform.start,
+/// platform.runtimeDone, platform.report and JSON function log records carry it).
+pub fn with_tenant(mut event: Value, tenant_id: Option<&str>) -> Value {
+    if let (Some(tenant), Some(record)) = (tenant_id, event.get_mut("record")) {
+        if let Some(fields) = record.as_object_mut() {
+            fields.insert("tenantId".into(), json!(tenant));
+        }
+    }
+    event
 }
 
 /// Billed milliseconds: the duration rounded up to the next whole millisecond.
@@ -570,6 +617,7 @@ mod tests {
             duration: Duration::from_millis(8),
             produced_bytes: 10,
             trace: None,
+            tenant_id: None,
         };
         let spans = o.spans();
         let total: f64 = spans.iter().filter_map(|s| s["durationMs"].as_f64()).sum();

@@ -151,6 +151,18 @@ pub struct SimConfig {
     /// Push telemetry over a new connection each time, instead of one kept alive as AWS's
     /// emulator does (an extension's listener then pays for every accept). Default false.
     pub new_connection_per_push: bool,
+    /// Lambda Managed Instances with this many invocations running at once (`None`: the
+    /// default model). The rules change as AWS documents them: registering for INVOKE is
+    /// refused (403 `Extension.InvalidEventType`), subscriptions need schema 2025-01-29 (400
+    /// otherwise), `/event/next` answers only SHUTDOWN, invocations overlap, `platform.report`
+    /// carries status, `durationMs` and spans only, there is no `platform.runtimeDone`, function
+    /// logs are JSON records with their `requestId`, and nothing is frozen.
+    /// `timeout_every` and `freeze_between_invokes` do not apply there.
+    pub managed_instances: Option<usize>,
+    /// Tenant isolation: invocations are spread over this many tenant ids, carried by
+    /// `platform.start`, `platform.runtimeDone`, `platform.report` and JSON log records (0: no
+    /// tenants).
+    pub tenants: usize,
     /// Called after each invocation.
     pub progress: Option<ProgressFn>,
 }
@@ -187,6 +199,8 @@ impl Default for SimConfig {
             flush_before_shutdown: false,
             withhold_last_report: false,
             new_connection_per_push: false,
+            managed_instances: None,
+            tenants: 0,
             progress: None,
         }
     }
@@ -222,6 +236,8 @@ impl fmt::Debug for SimConfig {
             .field("xray", &self.xray)
             .field("snap_start", &self.snap_start)
             .field("flush_before_shutdown", &self.flush_before_shutdown)
+            .field("managed_instances", &self.managed_instances)
+            .field("tenants", &self.tenants)
             .field("progress", &self.progress.as_ref().map(|_| "Fn"))
             .finish()
     }
@@ -243,6 +259,8 @@ pub struct ErrorReport {
 /// One invocation.
 #[derive(Debug, Clone)]
 pub struct InvocationRecord {
+    /// Its tenant (`SimConfig::tenants`).
+    pub tenant_id: Option<String>,
     /// 0-based.
     pub index: usize,
     /// The request id.
@@ -251,13 +269,14 @@ pub struct InvocationRecord {
     pub status: String,
     /// Error type when not `success`.
     pub error_type: Option<String>,
-    /// When the INVOKE was handed to the extension.
+    /// When the INVOKE was handed to the extension (Managed Instances: when it started).
     pub invoked_at: Instant,
     /// Runtime duration (INVOKE → runtimeDone).
     pub runtime_duration: Duration,
-    /// When `platform.runtimeDone` was emitted.
+    /// When `platform.runtimeDone` was emitted (Managed Instances: `platform.report`).
     pub runtime_done_emitted: Instant,
-    /// When the extension called `/event/next` again (`None`: it did not, see `SimReport::errors`).
+    /// When the extension called `/event/next` again (`None`: it did not, see `SimReport::errors`;
+    /// always under Managed Instances, where extensions do not take part in invocations).
     pub next_called_at: Option<Instant>,
     /// `next_called_at - runtime_done_emitted` (0 when the extension called before the runtime
     /// was done; the time waited when it never called): Lambda's postRuntimeExtensionsDuration.

@@ -30,6 +30,10 @@ OPTIONS:
     --between-ms N            idle time between invocations (default 0)
     --freeze                  SIGSTOP the extension between invocations, as Lambda freezes it
     --snap-start              emit SnapStart restore events instead of init events
+    --managed-instances N     Lambda Managed Instances: N invocations at once, no INVOKE for the
+                              extension, no runtimeDone, no freeze, schema 2025-01-29 required
+    --tenants K               tenant isolation: spread invocations over K tenant ids (tenantId in
+                              platform events and JSON logs)
     --no-otlp                 do not start the embedded OTLP receiver (OTLP output stays off)
     --endpoint-latency-ms N   the embedded endpoints answer after N ms (a network away; default 0)
     --endpoint-jitter-ms N    and up to N ms more, drawn per request (default 0)
@@ -68,6 +72,8 @@ struct Args {
     freeze: bool,
     snap_start: bool,
     no_otlp: bool,
+    managed_instances: Option<usize>,
+    tenants: usize,
     extension: Option<PathBuf>,
     quiet: bool,
 }
@@ -86,6 +92,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         freeze: false,
         snap_start: false,
         no_otlp: false,
+        managed_instances: None,
+        tenants: 0,
         extension: None,
         quiet: false,
     };
@@ -120,12 +128,36 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--endpoint-jitter-ms" => a.endpoint_jitter_ms = number(&flag, value())?,
             "--freeze" => a.freeze = true,
             "--snap-start" => a.snap_start = true,
+            "--managed-instances" => a.managed_instances = every(&flag, value())?,
+            "--tenants" => a.tenants = number(&flag, value())?,
             "--no-otlp" => a.no_otlp = true,
             "--quiet" | "-q" => a.quiet = true,
             "--extension" => {
                 a.extension = Some(PathBuf::from(value().ok_or("--extension needs a path")?))
             }
             other => return Err(format!("unknown option {other:?} (see --help)")),
+        }
+    }
+    if a.managed_instances.is_some() {
+        // What the model does not have, refused rather than silently ignored.
+        for (given, flag, why) in [
+            (a.freeze, "--freeze", "environments are never frozen"),
+            (
+                a.snap_start,
+                "--snap-start",
+                "there is no SnapStart restore",
+            ),
+            (
+                a.timeouts_every.is_some(),
+                "--timeouts-every",
+                "the per-invocation timeout is not enforced",
+            ),
+        ] {
+            if given {
+                return Err(format!(
+                    "{flag} does not apply to --managed-instances ({why} there)"
+                ));
+            }
         }
     }
     Ok(Some(a))
@@ -307,7 +339,12 @@ async fn run(args: Args) -> Result<Outcome, String> {
         );
     }
     let raw = outputs.raw_received(forever);
-    let ok = summary(&report, &raw, &outputs.otlp_target, &outputs.otlp);
+    let model = if args.managed_instances.is_some() {
+        Model::ManagedInstances
+    } else {
+        Model::Default
+    };
+    let ok = summary(&report, model, &raw, &outputs.otlp_target, &outputs.otlp);
     Ok(if ok { Outcome::Ok } else { Outcome::Failed })
 }
 
@@ -397,6 +434,17 @@ impl Outputs {
     }
 
     fn announce(&self, args: &Args, extension: &std::path::Path) {
+        if let Some(n) = args.managed_instances {
+            println!(
+                "lambda-sim: Lambda Managed Instances, {n} invocation(s) at once{}",
+                match args.tenants {
+                    0 => String::new(),
+                    k => format!(", {k} tenant(s)"),
+                }
+            );
+        } else if args.tenants > 0 {
+            println!("lambda-sim: tenant isolation, {} tenant(s)", args.tenants);
+        }
         if args.invocations == 0 {
             println!(
                 "lambda-sim: invocations until SIGINT/SIGTERM (Ctrl-C) of {}",
@@ -472,10 +520,16 @@ fn sim_config(
         between_invokes_ms: args.between_ms,
         freeze_between_invokes: args.freeze,
         snap_start: args.snap_start,
+        managed_instances: args.managed_instances,
+        tenants: args.tenants,
         capture_output: args.quiet,
         // Ctrl-C reaches only lambda-sim, which then shuts the extension down as Lambda would.
         own_process_group: true,
-        progress: Some(Box::new(print_invocation)),
+        progress: Some(Box::new(if args.managed_instances.is_some() {
+            print_concurrent_invocation
+        } else {
+            print_invocation
+        })),
         ..SimConfig::default()
     };
     if let Some(t) = args.function_timeout_ms {
@@ -543,6 +597,22 @@ fn print_invocation(r: &InvocationRecord) {
         status,
         ms(r.runtime_duration),
         overhead
+    );
+}
+
+/// Under Managed Instances extensions take no part in invocations: no overhead to show.
+fn print_concurrent_invocation(r: &InvocationRecord) {
+    let status = match &r.error_type {
+        Some(t) => format!("{} ({t})", r.status),
+        None => r.status.clone(),
+    };
+    println!(
+        "  #{:<4} {}  {:<44} runtime {:7.2} ms  {}",
+        r.index + 1,
+        r.request_id.get(..8).unwrap_or(&r.request_id),
+        status,
+        ms(r.runtime_duration),
+        r.tenant_id.as_deref().unwrap_or("")
     );
 }
 
@@ -625,14 +695,51 @@ fn exactly_once(sent: &[Value], received: &[Value]) -> ExactlyOnce {
     }
 }
 
+/// One span per invocation and every log record on its invocation's trace (what the OTLP
+/// receiver got, against the invocations run); prints the verdict, returns whether it holds.
+fn joins_checked(report: &SimReport, otlp: &OtlpStats) -> bool {
+    let joins = otlp.joins();
+    if otlp.spans == 0 || joins.truncated {
+        return joins.ok(); // traces off, or a run longer than what is tracked (as printed)
+    }
+    let invocations = report.totals.invocations;
+    let every_invocation = joins.invocations == invocations;
+    let ok = every_invocation && joins.ok();
+    println!(
+        "{:<LABEL$} {}",
+        "  one span each, logs joined",
+        if ok {
+            "yes".to_string()
+        } else {
+            format!(
+                "NO  ({} of {invocations} invocations have a span, {} have several; {} log \
+                 record(s) on another trace, {} of an invocation without span)",
+                joins.invocations,
+                joins.invocations_with_several_spans,
+                joins.logs_on_another_trace,
+                joins.logs_of_unknown_invocations
+            )
+        }
+    );
+    ok
+}
+
 fn opt_ms(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.1} ms", ms(d)))
         .unwrap_or_else(|| "-".into())
 }
 
 /// Prints the summary; returns whether the run was good.
+/// Which of Lambda's execution models the run simulated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Model {
+    Default,
+    ManagedInstances,
+}
+
 fn summary(
     report: &SimReport,
+    model: Model,
     received: &RawReceived,
     otlp_target: &OtlpTarget,
     otlp: &OtlpStats,
@@ -737,17 +844,24 @@ fn summary(
         .map(|i| i.extension_overhead)
         .collect();
     let kept = overheads.len();
-    println!(
-        "{:<LABEL$} {:>9}  median{}, {} max",
-        "extension overhead / invoke",
-        opt_ms(lambda_sim::stats::median_duration(&overheads)),
-        if kept < totals.invocations {
-            format!(" of the last {kept}")
-        } else {
-            String::new()
-        },
-        opt_ms(totals.max_extension_overhead)
-    );
+    if model == Model::ManagedInstances {
+        println!(
+            "{:<LABEL$}         -  (Managed Instances: extensions take no part in invocations)",
+            "extension overhead / invoke"
+        );
+    } else {
+        println!(
+            "{:<LABEL$} {:>9}  median{}, {} max",
+            "extension overhead / invoke",
+            opt_ms(lambda_sim::stats::median_duration(&overheads)),
+            if kept < totals.invocations {
+                format!(" of the last {kept}")
+            } else {
+                String::new()
+            },
+            opt_ms(totals.max_extension_overhead)
+        );
+    }
     println!(
         "{:<LABEL$} {:>9}",
         "shutdown (SHUTDOWN -> exit)",
@@ -797,6 +911,7 @@ fn summary(
             if otlp.undecodable > 0 {
                 ok = false;
             }
+            ok &= joins_checked(report, otlp);
         }
         OtlpTarget::External(url) => println!(
             "{:<LABEL$}      -  (sent to {url}, OTEL_EXPORTER_OTLP_ENDPOINT set by the user)",
@@ -861,6 +976,26 @@ mod tests {
         assert!(parse(&["--invocations"]).is_err());
         assert!(parse(&["--errors-every", "0"]).is_err());
         assert!(parse(&["--logs-dropped-every", "0"]).is_err());
+    }
+
+    #[test]
+    fn parses_managed_instances_and_refuses_what_it_does_not_have() {
+        let a = parse(&["--managed-instances", "8", "--tenants=3"])
+            .ok()
+            .flatten();
+        assert!(a
+            .as_ref()
+            .is_some_and(|a| a.managed_instances == Some(8) && a.tenants == 3));
+        assert!(parse(&["--managed-instances", "0"]).is_err());
+        for other in ["--freeze", "--snap-start", "--timeouts-every=2"] {
+            let refused = parse(&["--managed-instances=2", other]);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.contains("does not apply")),
+                "{other}: {refused:?}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::Read;
 
@@ -624,6 +624,38 @@ const EXAMPLE_SPANS: usize = 64;
 const LINK_TARGETS: usize = 16;
 /// Decode errors kept as text.
 const ERRORS_KEPT: usize = 5;
+/// Invocations and log records tracked for the join checks ([`OtlpStats::joins`]); beyond
+/// this a long run is not checked (and says so).
+const JOINS_TRACKED: usize = 200_000;
+
+/// Whether each invocation got one span, and each log record naming an invocation is on that
+/// invocation's trace ([`OtlpStats::joins`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Joins {
+    /// Invocations (`faas.invocation_id` of SERVER spans) seen.
+    pub invocations: usize,
+    /// Those with more than one SERVER span.
+    pub invocations_with_several_spans: usize,
+    /// Log records naming an invocation (`faas.invocation_id`).
+    pub logs: usize,
+    /// Those carrying the trace id of that invocation's span.
+    pub logs_on_their_trace: usize,
+    /// Those carrying another trace id, or none.
+    pub logs_on_another_trace: usize,
+    /// Those naming an invocation no span was received for.
+    pub logs_of_unknown_invocations: usize,
+    /// More than the tracked number: the counts cover only the first part of the run.
+    pub truncated: bool,
+}
+
+impl Joins {
+    /// One span per invocation and every log record on its invocation's trace.
+    pub fn ok(&self) -> bool {
+        self.invocations_with_several_spans == 0
+            && self.logs_on_another_trace == 0
+            && self.logs_of_unknown_invocations == 0
+    }
+}
 
 /// A running summary of what an OTLP receiver got; its memory does not grow with the number of
 /// requests (beyond one entry per span and metric name). Feed it with [`add`](Self::add), e.g.
@@ -661,6 +693,11 @@ pub struct OtlpStats {
     pub example: Option<ExampleTrace>,
     /// SERVER spans without an invocation id (init, restore): what an invocation's span links to.
     pub link_targets: Vec<Span>,
+    /// Per invocation id: its SERVER spans and the first one's trace id.
+    invocation_traces: HashMap<String, (usize, Vec<u8>)>,
+    /// Log records naming an invocation: (invocation id, trace id).
+    log_traces: Vec<(String, Vec<u8>)>,
+    joins_truncated: bool,
 }
 
 impl OtlpStats {
@@ -711,6 +748,13 @@ impl OtlpStats {
                 Ok(req) => {
                     for (_, l) in flat_logs(req) {
                         self.log_records += 1;
+                        if let Some(id) = attr_str(&l.attributes, "faas.invocation_id") {
+                            if self.log_traces.len() < JOINS_TRACKED {
+                                self.log_traces.push((id.to_string(), l.trace_id.clone()));
+                            } else {
+                                self.joins_truncated = true;
+                            }
+                        }
                         if !l.trace_id.is_empty() && l.trace_id.iter().any(|b| *b != 0) {
                             self.logs_with_trace += 1;
                         }
@@ -761,6 +805,19 @@ impl OtlpStats {
             {
                 self.link_targets.push(s.clone());
             }
+            if let Some(id) =
+                attr_str(&s.attributes, "faas.invocation_id").filter(|_| is_server(&s))
+            {
+                let tracked = self.invocation_traces.len();
+                match self.invocation_traces.get_mut(id) {
+                    Some(entry) => entry.0 += 1,
+                    None if tracked < JOINS_TRACKED => {
+                        self.invocation_traces
+                            .insert(id.to_string(), (1, s.trace_id.clone()));
+                    }
+                    None => self.joins_truncated = true,
+                }
+            }
             if let Some(ex) = self.example.as_mut() {
                 if ex.trace_id == s.trace_id && ex.spans.len() < EXAMPLE_SPANS {
                     ex.spans.push(s);
@@ -800,6 +857,30 @@ impl OtlpStats {
                 value
             };
         }
+    }
+
+    /// Spans per invocation and log records against their invocations' traces, over what was
+    /// added so far.
+    pub fn joins(&self) -> Joins {
+        let mut joins = Joins {
+            invocations: self.invocation_traces.len(),
+            invocations_with_several_spans: self
+                .invocation_traces
+                .values()
+                .filter(|(n, _)| *n > 1)
+                .count(),
+            logs: self.log_traces.len(),
+            truncated: self.joins_truncated,
+            ..Joins::default()
+        };
+        for (id, trace) in &self.log_traces {
+            match self.invocation_traces.get(id) {
+                Some((_, span_trace)) if span_trace == trace => joins.logs_on_their_trace += 1,
+                Some(_) => joins.logs_on_another_trace += 1,
+                None => joins.logs_of_unknown_invocations += 1,
+            }
+        }
+        joins
     }
 
     /// The example trace as an indented tree (see [`render_trace`]); empty without one.
@@ -912,6 +993,30 @@ impl OtlpStats {
             self.logs_with_trace,
             if severities.is_empty() { "" } else { "; " }
         ));
+        let joins = self.joins();
+        if joins.invocations > 0 {
+            out.push(format!(
+                "{:<width$} {:>6}  ({} with more than one span{})",
+                "  invocation spans",
+                joins.invocations,
+                joins.invocations_with_several_spans,
+                if joins.truncated {
+                    "; only the first part of the run is checked"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if joins.logs > 0 {
+            out.push(format!(
+                "{:<width$} {:>6}  of {} naming one ({} on another trace, {} of an invocation without span)",
+                "  logs on their invocation",
+                joins.logs_on_their_trace,
+                joins.logs,
+                joins.logs_on_another_trace,
+                joins.logs_of_unknown_invocations
+            ));
+        }
         match &self.example {
             Some(ex) => {
                 let service = ex

@@ -3,6 +3,33 @@
 
 use super::env::Env;
 
+/// Lambda's execution models: what the extension's lifecycle can rely on differs between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExecutionModel {
+    /// One invocation at a time; INVOKE events; frozen between invocations.
+    #[default]
+    Default,
+    /// Lambda Managed Instances (`AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`):
+    /// continuous, several invocations at once, no INVOKE event for extensions, no freeze.
+    ManagedInstances,
+}
+
+impl ExecutionModel {
+    /// The value of `AWS_LAMBDA_INITIALIZATION_TYPE` that selects Managed Instances.
+    pub const MANAGED_INSTANCES_INIT_TYPE: &'static str = "lambda-managed-instances";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionModel::Default => "default",
+            ExecutionModel::ManagedInstances => "managed-instances",
+        }
+    }
+
+    pub fn is_managed_instances(self) -> bool {
+        self == ExecutionModel::ManagedInstances
+    }
+}
+
 /// The execution environment, as Lambda describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LambdaEnv {
@@ -19,6 +46,11 @@ pub struct LambdaEnv {
     pub log_group: Option<String>,
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB.
     pub memory_mb: Option<u64>,
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE` (on-demand, provisioned-concurrency, snap-start,
+    /// lambda-managed-instances).
+    pub initialization_type: Option<String>,
+    /// Which execution model that is.
+    pub model: ExecutionModel,
 }
 
 impl LambdaEnv {
@@ -39,6 +71,15 @@ impl LambdaEnv {
             memory_mb: env
                 .get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.trim().parse().ok()),
+            model: match env.get("AWS_LAMBDA_INITIALIZATION_TYPE") {
+                Some(t) if t.trim() == ExecutionModel::MANAGED_INSTANCES_INIT_TYPE => {
+                    ExecutionModel::ManagedInstances
+                }
+                _ => ExecutionModel::Default,
+            },
+            initialization_type: env
+                .get("AWS_LAMBDA_INITIALIZATION_TYPE")
+                .map(|t| t.trim().to_string()),
         })
     }
 }

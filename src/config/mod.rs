@@ -19,7 +19,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use env::Env;
-use lambda::LambdaEnv;
+use lambda::{ExecutionModel, LambdaEnv};
 
 /// Telemetry API buffering limits (SPEC: maxItems 1,000–10,000, maxBytes 262,144–1,048,576,
 /// timeoutMs 25–30,000).
@@ -52,7 +52,8 @@ pub enum FlushPolicy {
     Adaptive,
     /// After every invocation's `platform.runtimeDone`, before the freeze.
     End,
-    /// On an invoke only when the last flush is older than this.
+    /// Default model: on an invoke only when the last flush is older than this. Managed
+    /// Instances: this often, on a timer beside the lifecycle.
     Periodic(Duration),
     /// Only at shutdown.
     Shutdown,
@@ -143,6 +144,9 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// longer): fresh within a couple of seconds, and a function invoked every few seconds keeps its
 /// telemetry out of the freeze at the price of `end`.
 pub const DEFAULT_FLUSH_MAX_DELAY: Duration = Duration::from_millis(2_000);
+/// Under Managed Instances delivery runs on this timer by default: with the Telemetry API's
+/// buffering window and a round trip, telemetry is at the endpoints within about a second.
+pub const DEFAULT_MANAGED_INSTANCES_INTERVAL: Duration = Duration::from_millis(1_000);
 /// Sized for a 128 MB function: 8 MiB of queued telemetry at most, and room for two of the
 /// largest POSTs Lambda sends (maxItems ≤ 10,000).
 pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 20_000;
@@ -205,14 +209,7 @@ impl Config {
                 "listening on an ephemeral port",
             )
             .unwrap_or(0);
-        let flush_policy = env
-            .parse(
-                "BRIDGE_FLUSH",
-                parse_flush_policy,
-                "adaptive, end, periodic:<ms> (ms ≥ 1) or shutdown",
-                "using adaptive",
-            )
-            .unwrap_or(FlushPolicy::Adaptive);
+        let flush_policy = flush_policy(env, lambda.model);
         let flush_max_delay = Duration::from_millis(u64::from(env.ranged(
             "BRIDGE_FLUSH_MAX_DELAY_MS",
             1,
@@ -283,6 +280,39 @@ fn parse_types(raw: &str) -> Option<Vec<TelemetryType>> {
         }
     }
     (!types.is_empty()).then_some(types)
+}
+
+/// `BRIDGE_FLUSH` for the execution model. Under Managed Instances no invocation ends where the
+/// extension can see it (no INVOKE, no freeze): delivery runs on a timer, `periodic:<ms>` sets
+/// it, `adaptive` (the default) means its default interval, and `end` is refused.
+fn flush_policy(env: &mut Env, model: ExecutionModel) -> FlushPolicy {
+    let managed = model.is_managed_instances();
+    let default = if managed {
+        FlushPolicy::Periodic(DEFAULT_MANAGED_INSTANCES_INTERVAL)
+    } else {
+        FlushPolicy::Adaptive
+    };
+    let parsed = env.parse(
+        "BRIDGE_FLUSH",
+        parse_flush_policy,
+        "adaptive, end, periodic:<ms> (ms ≥ 1) or shutdown",
+        format!("using {default}"),
+    );
+    match parsed {
+        None => default,
+        Some(FlushPolicy::Adaptive) if managed => default,
+        Some(FlushPolicy::End) if managed => {
+            env.issue(
+                "BRIDGE_FLUSH",
+                "end",
+                "adaptive, periodic:<ms> or shutdown under Lambda Managed Instances (no invocation \
+                 end reaches an extension there)",
+                format!("using {default}"),
+            );
+            default
+        }
+        Some(policy) => policy,
+    }
 }
 
 fn parse_flush_policy(raw: &str) -> Option<FlushPolicy> {

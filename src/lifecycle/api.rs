@@ -196,8 +196,13 @@ impl ExtensionsApi {
         Ok((parts.status, parts.headers, bytes))
     }
 
-    /// `POST /register` for INVOKE and SHUTDOWN, asking for the account id.
-    pub async fn register(&mut self, name: &str) -> Result<Registration, LifecycleError> {
+    /// `POST /register` for `events` (INVOKE and SHUTDOWN; SHUTDOWN only under Managed
+    /// Instances, which refuses INVOKE), asking for the account id.
+    pub async fn register(
+        &mut self,
+        name: &str,
+        events: &[&str],
+    ) -> Result<Registration, LifecycleError> {
         let call = "register";
         let (_, headers, body) = self
             .call(
@@ -209,7 +214,9 @@ impl ExtensionsApi {
                     ("Lambda-Extension-Accept-Feature", "accountId"),
                     ("Content-Type", "application/json"),
                 ],
-                br#"{"events":["INVOKE","SHUTDOWN"]}"#.to_vec(),
+                serde_json::json!({ "events": events })
+                    .to_string()
+                    .into_bytes(),
             )
             .await?;
         let extension_id = headers

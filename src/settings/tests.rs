@@ -321,3 +321,49 @@ fn types_and_port_are_validated() {
     let (_, issues) = load(&[("BRIDGE_TELEMETRY_TYPES", "platform,metrics")]);
     assert_eq!(issues[0].variable, "BRIDGE_TELEMETRY_TYPES");
 }
+
+#[test]
+fn managed_instances_is_detected_and_flushes_on_a_timer() {
+    use crate::config::lambda::ExecutionModel;
+    let mi = ("AWS_LAMBDA_INITIALIZATION_TYPE", "lambda-managed-instances");
+    let (c, issues) = load(&[mi]);
+    assert!(issues.is_empty());
+    assert_eq!(c.lambda.model, ExecutionModel::ManagedInstances);
+    assert_eq!(
+        c.flush_policy,
+        FlushPolicy::Periodic(std::time::Duration::from_millis(1_000))
+    );
+    let (c, issues) = load(&[mi, ("BRIDGE_FLUSH", "periodic:250")]);
+    assert!(issues.is_empty());
+    assert_eq!(
+        c.flush_policy,
+        FlushPolicy::Periodic(std::time::Duration::from_millis(250))
+    );
+    let (c, issues) = load(&[mi, ("BRIDGE_FLUSH", "adaptive")]);
+    assert!(issues.is_empty());
+    assert_eq!(
+        c.flush_policy,
+        FlushPolicy::Periodic(std::time::Duration::from_millis(1_000))
+    );
+    // `end` has no meaning there: one issue naming the variable, and the default.
+    let (c, issues) = load(&[mi, ("BRIDGE_FLUSH", "end")]);
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].variable, "BRIDGE_FLUSH");
+    assert!(issues[0].to_string().contains("Managed Instances"));
+    assert!(issues[0].to_string().contains("periodic:1000"));
+    assert_eq!(
+        c.flush_policy,
+        FlushPolicy::Periodic(std::time::Duration::from_millis(1_000))
+    );
+    // The default model is unchanged: adaptive by default, end accepted.
+    for init in ["on-demand", "snap-start", "provisioned-concurrency"] {
+        let (c, issues) = load(&[
+            ("AWS_LAMBDA_INITIALIZATION_TYPE", init),
+            ("BRIDGE_FLUSH", "end"),
+        ]);
+        assert!(issues.is_empty());
+        assert_eq!(c.lambda.model, ExecutionModel::Default);
+        assert_eq!(c.flush_policy, FlushPolicy::End);
+    }
+    assert_eq!(load(&[]).0.flush_policy, FlushPolicy::Adaptive);
+}

@@ -55,6 +55,8 @@ impl<'de> serde::de::Visitor<'de> for BoundedVisitor<'_> {
 #[derive(Debug, Default)]
 pub struct ParsedBatch {
     pub events: Vec<Event>,
+    /// Request ids of `platform.start` events, in order.
+    pub starts: Vec<String>,
     /// Request ids of `platform.runtimeDone` events, in order.
     pub runtime_done: Vec<String>,
     /// Request ids of `platform.report` events, in order.
@@ -104,15 +106,20 @@ pub fn parse_batch(body: &Bytes, max_items: usize) -> Result<ParsedBatch, BatchE
         let kind = match serde_json::from_str::<Envelope>(text) {
             Ok(envelope) => {
                 let kind = EventKind::from_type(&envelope.kind);
-                if matches!(kind, EventKind::RuntimeDone | EventKind::Report) {
+                if matches!(
+                    kind,
+                    EventKind::Start | EventKind::RuntimeDone | EventKind::Report
+                ) {
+                    let ids = match kind {
+                        EventKind::Start => &mut batch.starts,
+                        EventKind::RuntimeDone => &mut batch.runtime_done,
+                        _ => &mut batch.reports,
+                    };
                     match envelope
                         .record
                         .and_then(|r| serde_json::from_str::<RequestRecord>(r.get()).ok())
                     {
-                        Some(record) if kind == EventKind::RuntimeDone => {
-                            batch.runtime_done.push(record.request_id.into_owned())
-                        }
-                        Some(record) => batch.reports.push(record.request_id.into_owned()),
+                        Some(record) => ids.push(record.request_id.into_owned()),
                         None => batch.malformed += 1,
                     }
                 }

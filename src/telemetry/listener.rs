@@ -355,6 +355,11 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
         "telemetry batch received"
     );
     shared.pipeline.push(batch.events);
-    progress::record(&shared.progress, batch.runtime_done, batch.reports);
+    progress::record(
+        &shared.progress,
+        batch.starts,
+        batch.runtime_done,
+        batch.reports,
+    );
     answer(StatusCode::OK, "")
 }

@@ -6,7 +6,9 @@ use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use opentelemetry::KeyValue;
 
 use super::config::Pricing;
-use super::schema::{is_error_status, LogsDroppedRecord, ReportRecord, RuntimeDoneRecord};
+use super::schema::{
+    is_error_status, LogsDroppedRecord, PhaseSpanRecord, ReportRecord, RuntimeDoneRecord,
+};
 
 /// Bucket advice of the OTel FaaS conventions for durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -64,7 +66,7 @@ impl Instruments {
         Instruments {
             invoke_duration: seconds(
                 "faas.invoke_duration",
-                "Duration of the function's handler (runtimeDone durationMs)",
+                "Duration of the function's handler (runtimeDone durationMs; the report's where there is no runtimeDone)",
             ),
             init_duration: seconds("faas.init_duration", "Duration of the init phase"),
             mem_usage: meter
@@ -151,30 +153,44 @@ impl Instruments {
         }
     }
 
-    /// What `platform.runtimeDone` measures: duration, produced bytes, the outcome (success,
-    /// error by type, timeout: they partition all invocations) and the phases' durations.
+    /// What `platform.runtimeDone` measures: the invocation's outcome and its response's size.
     pub(super) fn record_runtime_done(&self, record: &RuntimeDoneRecord) {
-        if let Some(d) = record.metrics.duration_ms {
-            self.invoke_duration.record(d / 1000.0, NO_ATTRIBUTES);
-        }
+        self.record_outcome(
+            &record.status,
+            record.error_type.as_deref(),
+            record.metrics.duration_ms,
+            &record.spans,
+        );
         if let Some(bytes) = record.metrics.produced_bytes {
             self.produced_bytes.record(bytes as f64, NO_ATTRIBUTES);
         }
-        match record.status.as_str() {
+    }
+
+    /// An invocation's outcome: duration, status (success, error by type, timeout: they
+    /// partition all invocations) and the phases' durations. From runtimeDone, or from the
+    /// report where there is none (Managed Instances).
+    pub(super) fn record_outcome(
+        &self,
+        status: &str,
+        error_type: Option<&str>,
+        duration_ms: Option<f64>,
+        spans: &[PhaseSpanRecord],
+    ) {
+        if let Some(d) = duration_ms {
+            self.invoke_duration.record(d / 1000.0, NO_ATTRIBUTES);
+        }
+        match status {
             "success" => self.invocations.add(1, NO_ATTRIBUTES),
             "timeout" => self.timeouts.add(1, NO_ATTRIBUTES),
             _ => self.errors.add(
                 1,
                 &[KeyValue::new(
                     "error.type",
-                    record
-                        .error_type
-                        .clone()
-                        .unwrap_or_else(|| record.status.clone()),
+                    error_type.unwrap_or(status).to_string(),
                 )],
             ),
         }
-        for span in &record.spans {
+        for span in spans {
             let histogram = match span.name.as_str() {
                 "responseLatency" => &self.response_latency,
                 "responseDuration" => &self.response_duration,

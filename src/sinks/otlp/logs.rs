@@ -51,6 +51,9 @@ pub(super) fn log_record(
                         log.add_attribute("faas.invocation_id", id.clone());
                         request_id = Some(id);
                     }
+                    ("tenantId", serde_json::Value::String(tenant)) => {
+                        log.add_attribute(super::mapping::TENANT_ID, tenant)
+                    }
                     (_, value) => log.add_attribute(key, json_to_any(value)),
                 }
             }

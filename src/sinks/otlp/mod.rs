@@ -180,6 +180,7 @@ impl OtlpState {
                 &meter,
                 logger,
                 pricing,
+                identity.managed_instances,
             )),
             config,
             resource,

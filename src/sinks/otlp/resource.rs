@@ -18,6 +18,8 @@ pub struct FunctionIdentity {
     pub log_stream: Option<String>,
     pub log_group: Option<String>,
     pub memory_mb: Option<u64>,
+    /// Lambda Managed Instances: invocations overlap, no cold starts, no runtimeDone.
+    pub managed_instances: bool,
 }
 
 impl FunctionIdentity {
@@ -37,6 +39,7 @@ impl FunctionIdentity {
             log_stream: lambda.log_stream.clone(),
             log_group: lambda.log_group.clone(),
             memory_mb: lambda.memory_mb,
+            managed_instances: lambda.model.is_managed_instances(),
         }
     }
 }

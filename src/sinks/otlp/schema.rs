@@ -1,4 +1,5 @@
-//! The Telemetry API's records, as its schema (2022-12-13) defines them: each event's record is
+//! The Telemetry API's records, as its schemas (2022-12-13; 2025-01-29, which Managed Instances
+//! requires and which adds `tenantId` and the report's `spans`) define them: each event's record is
 //! parsed straight into its type, in one pass over the event's bytes; what does not match is not
 //! mapped (and is still passed on raw by the other sinks).
 
@@ -34,6 +35,8 @@ pub(super) struct StartRecord {
     pub(super) request_id: String,
     pub(super) version: Option<String>,
     pub(super) tracing: Option<TracingRecord>,
+    /// Tenant isolation mode.
+    pub(super) tenant_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +65,7 @@ pub(super) struct RuntimeDoneRecord {
     #[serde(default)]
     pub(super) spans: Vec<PhaseSpanRecord>,
     pub(super) tracing: Option<TracingRecord>,
+    pub(super) tenant_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -83,7 +87,12 @@ pub(super) struct ReportRecord {
     pub(super) error_type: Option<String>,
     #[serde(default)]
     pub(super) metrics: ReportMetrics,
+    /// Managed Instances: the runtime's phases (`responseLatency`, `responseDuration`), which
+    /// the default model reports in runtimeDone.
+    #[serde(default)]
+    pub(super) spans: Vec<PhaseSpanRecord>,
     pub(super) tracing: Option<TracingRecord>,
+    pub(super) tenant_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -4,7 +4,9 @@
 //!
 //! State is kept per request id, so events split across POSTs or thaws (start and runtimeDone in
 //! different batches, report in the next thaw) still make complete spans, with the trace context
-//! of the X-Ray header.
+//! of the X-Ray header. Under Lambda Managed Instances invocations overlap and have no
+//! runtimeDone: each span runs from its start to its report, log records join their invocation
+//! only through the `requestId` they carry, and there are no cold starts.
 //!
 //! [`schema`]: super::schema
 //! [`instruments`]: super::instruments
@@ -12,7 +14,7 @@
 //! [`logs`]: super::logs
 
 use std::collections::{HashMap, VecDeque};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::logs::LogRecord as _;
 use opentelemetry::metrics::Meter;
@@ -33,9 +35,20 @@ use super::xray;
 use crate::event::{Event, EventKind};
 use crate::pipeline::InvokeInfo;
 
-/// Invocations remembered while waiting for their later events; far more than can be in
-/// flight, since an execution environment runs one invocation at a time.
-const MAX_OPEN_INVOCATIONS: usize = 256;
+/// Invocations remembered while waiting for their later events: far more than can be in flight
+/// (one at a time on the default model; Managed Instances runs tens per vCPU). Beyond this, or
+/// past [`MAX_OPEN_AGE`], the oldest is let go, its span exported as incomplete if it had none.
+const MAX_OPEN_INVOCATIONS: usize = 4096;
+/// Lambda's longest function timeout; Managed Instances does not enforce one, so an invocation
+/// whose report never comes is closed after this (by the time of the events that follow).
+const MAX_OPEN_AGE: Duration = Duration::from_secs(15 * 60);
+/// Ended invocations remembered for log records that arrive after their report.
+const RECENTLY_ENDED: usize = 256;
+/// `initializationType` of Lambda Managed Instances.
+const MANAGED_INSTANCES: &str = "lambda-managed-instances";
+/// The invocation span's and its log records' tenant attribute. No OpenTelemetry convention
+/// names Lambda's tenant isolation yet; this follows the `aws.lambda.*` names used here.
+pub const TENANT_ID: &str = "aws.lambda.tenant.id";
 
 // ---- state ----
 
@@ -48,9 +61,30 @@ struct Invocation {
     version: Option<String>,
     invoked_arn: Option<String>,
     coldstart: bool,
+    tenant_id: Option<String>,
     /// Set when the invocation span has been emitted (at runtimeDone).
     ended_at: Option<SystemTime>,
     runtime_duration_ms: Option<f64>,
+}
+
+/// What a log record needs to join an invocation that has ended.
+#[derive(Clone)]
+struct LogJoin {
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: TraceFlags,
+    tenant_id: Option<String>,
+}
+
+impl From<&Invocation> for LogJoin {
+    fn from(i: &Invocation) -> LogJoin {
+        LogJoin {
+            trace_id: i.trace_id,
+            span_id: i.span_id,
+            flags: i.flags,
+            tenant_id: i.tenant_id.clone(),
+        }
+    }
 }
 
 /// Init or SnapStart restore: one span from start to runtimeDone, emitted at its report.
@@ -90,8 +124,14 @@ pub struct Mapper {
     init: Phase,
     restore: Phase,
     invocations_seen: u64,
-    /// The invocation running now (started, no runtimeDone yet), for log lines without requestId.
+    /// The invocation running now (started, no runtimeDone yet), for log lines without requestId
+    /// (default model only: under Managed Instances several run at once).
     current: Option<String>,
+    /// Lambda Managed Instances (from the environment, or from `platform.initStart`).
+    managed_instances: bool,
+    /// Ended invocations, for log records that come after their report.
+    recently_ended: HashMap<String, LogJoin>,
+    ended_order: VecDeque<String>,
     /// Events whose record did not match the schema (passed on by other sinks anyway).
     pub unmappable: u64,
     out: Mapped,
@@ -104,6 +144,7 @@ impl Mapper {
         meter: &Meter,
         logger: Option<SdkLogger>,
         pricing: Pricing,
+        managed_instances: bool,
     ) -> Mapper {
         Mapper {
             function_name,
@@ -118,6 +159,9 @@ impl Mapper {
             restore: Phase::default(),
             invocations_seen: 0,
             current: None,
+            managed_instances,
+            recently_ended: HashMap::new(),
+            ended_order: VecDeque::new(),
             unmappable: 0,
             out: Mapped::default(),
         }
@@ -176,6 +220,9 @@ impl Mapper {
             | EventKind::RestoreRuntimeDone) => {
                 let (time, record) = typed::<PhaseRecord>(raw)?;
                 let time = Some(time?);
+                if record.initialization_type.as_deref() == Some(MANAGED_INSTANCES) {
+                    self.managed_instances = true;
+                }
                 let phase = self.phase(kind);
                 phase.ids();
                 if matches!(kind, EventKind::InitStart | EventKind::RestoreStart) {
@@ -219,13 +266,14 @@ impl Mapper {
         }
     }
 
-    fn invocation(&mut self, request_id: &str, tracing: Option<&TracingRecord>) -> &mut Invocation {
+    fn invocation(
+        &mut self,
+        request_id: &str,
+        tracing: Option<&TracingRecord>,
+        time: SystemTime,
+    ) -> &mut Invocation {
         if !self.invocations.contains_key(request_id) {
-            while self.arrival.len() >= MAX_OPEN_INVOCATIONS {
-                if let Some(old) = self.arrival.pop_front() {
-                    self.invocations.remove(&old);
-                }
-            }
+            self.let_go_of_stale(time);
             let note = self.notes.remove(request_id);
             let header = tracing
                 .and_then(|t| t.value.clone())
@@ -237,7 +285,9 @@ impl Mapper {
                 .filter(|s| *s != SpanId::INVALID)
                 .unwrap_or_else(random_span_id);
             self.invocations_seen += 1;
+            // Managed Instances has no cold starts: environments are started ahead of traffic.
             let coldstart = self.invocations_seen == 1
+                && !self.managed_instances
                 && self.init.record.initialization_type.as_deref()
                     != Some("provisioned-concurrency");
             if coldstart {
@@ -255,6 +305,7 @@ impl Mapper {
                     version: None,
                     invoked_arn: note.and_then(|n| n.invoked_function_arn),
                     coldstart,
+                    tenant_id: None,
                     ended_at: None,
                     runtime_duration_ms: None,
                 },
@@ -265,10 +316,72 @@ impl Mapper {
             .expect("inserted above when missing")
     }
 
+    /// Lets go of the oldest invocations while there are too many, or while the oldest started
+    /// longer than [`MAX_OPEN_AGE`] before `now` (an event's time): a report that never comes
+    /// costs a span marked incomplete, not memory.
+    fn let_go_of_stale(&mut self, now: SystemTime) {
+        while let Some(oldest) = self.arrival.front() {
+            let stale = self
+                .invocations
+                .get(oldest)
+                .and_then(|i| i.start)
+                .is_some_and(|start| {
+                    now.duration_since(start)
+                        .is_ok_and(|age| age > MAX_OPEN_AGE)
+                });
+            if self.arrival.len() < MAX_OPEN_INVOCATIONS && !stale {
+                return;
+            }
+            let Some(request_id) = self.arrival.pop_front() else {
+                return;
+            };
+            let open = self
+                .invocations
+                .get(&request_id)
+                .is_some_and(|i| i.ended_at.is_none());
+            if open {
+                self.close_incomplete(&request_id, now);
+            }
+            self.end(&request_id);
+        }
+    }
+
+    /// Forgets an invocation, keeping what its late log records need.
+    fn end(&mut self, request_id: &str) {
+        let Some(invocation) = self.invocations.remove(request_id) else {
+            return;
+        };
+        if self.ended_order.len() >= RECENTLY_ENDED {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.recently_ended.remove(&old);
+            }
+        }
+        self.recently_ended
+            .insert(request_id.to_string(), LogJoin::from(&invocation));
+        self.ended_order.push_back(request_id.to_string());
+    }
+
+    /// Exports the span of an invocation whose end was not seen, marked incomplete.
+    fn close_incomplete(&mut self, request_id: &str, now: SystemTime) {
+        let start = self
+            .invocations
+            .get(request_id)
+            .and_then(|i| i.start)
+            .unwrap_or(now);
+        let span = self.invocation_span(request_id, start, now, "incomplete", None, true);
+        self.out.spans.extend(span);
+        if let Some(i) = self.invocations.get_mut(request_id) {
+            i.ended_at = Some(now);
+        }
+    }
+
     fn on_start(&mut self, record: StartRecord, time: SystemTime) {
-        let invocation = self.invocation(&record.request_id, record.tracing.as_ref());
+        let invocation = self.invocation(&record.request_id, record.tracing.as_ref(), time);
         invocation.start = Some(time);
         invocation.version = record.version;
+        if record.tenant_id.is_some() {
+            invocation.tenant_id = record.tenant_id;
+        }
         self.current = Some(record.request_id);
     }
 
@@ -277,9 +390,12 @@ impl Mapper {
         if self.current.as_deref() == Some(record.request_id.as_str()) {
             self.current = None;
         }
-        let invocation = self.invocation(&record.request_id, record.tracing.as_ref());
+        let invocation = self.invocation(&record.request_id, record.tracing.as_ref(), time);
         if invocation.ended_at.is_some() {
             return; // a duplicate delivery
+        }
+        if record.tenant_id.is_some() {
+            invocation.tenant_id = record.tenant_id.clone();
         }
         let start = invocation.start.unwrap_or_else(|| {
             time.checked_sub(ms(record.metrics.duration_ms.unwrap_or(0.0)))
@@ -326,10 +442,15 @@ impl Mapper {
         let invocation = self.invocations.get(request_id)?;
         let mut attributes = vec![
             KeyValue::new("faas.invocation_id", request_id.to_string()),
-            KeyValue::new("faas.coldstart", invocation.coldstart),
             KeyValue::new("faas.trigger", "other"),
             KeyValue::new("aws.lambda.status", status.to_string()),
         ];
+        if !self.managed_instances {
+            attributes.push(KeyValue::new("faas.coldstart", invocation.coldstart));
+        }
+        if let Some(tenant) = &invocation.tenant_id {
+            attributes.push(KeyValue::new(TENANT_ID, tenant.clone()));
+        }
         if let Some(arn) = &invocation.invoked_arn {
             attributes.push(KeyValue::new("cloud.resource_id", arn.clone()));
             attributes.push(KeyValue::new("aws.lambda.invoked_arn", arn.clone()));
@@ -339,7 +460,7 @@ impl Mapper {
         }
         let status = if incomplete {
             attributes.push(KeyValue::new("aws.lambda.incomplete", true));
-            Status::error("incomplete: no platform.runtimeDone before shutdown")
+            Status::error("incomplete: the invocation's end (platform.runtimeDone or platform.report) was not seen")
         } else if is_error_status(status) {
             let error = error_type.unwrap_or(status).to_string();
             attributes.push(KeyValue::new("error.type", error.clone()));
@@ -371,10 +492,14 @@ impl Mapper {
         self.instruments.record_report(&record, &self.pricing);
         let total_ms = record.metrics.duration_ms;
         let known = self.invocations.contains_key(&record.request_id);
-        let invocation = self.invocation(&record.request_id, record.tracing.as_ref());
+        let invocation = self.invocation(&record.request_id, record.tracing.as_ref(), time);
+        if record.tenant_id.is_some() {
+            invocation.tenant_id = record.tenant_id.clone();
+        }
         let (ended_at, runtime_ms) = (invocation.ended_at, invocation.runtime_duration_ms);
         let (trace_id, span_id, flags) =
             (invocation.trace_id, invocation.span_id, invocation.flags);
+        let started = invocation.start;
         match ended_at {
             Some(runtime_end) => {
                 // What the report adds beyond runtimeDone is the extensions' post-runtime time.
@@ -393,8 +518,15 @@ impl Mapper {
                 }
             }
             None => {
-                // No runtimeDone was seen: the report alone describes the invocation.
-                let start = invocation.start.unwrap_or_else(|| {
+                // No runtimeDone was seen (there is none under Managed Instances): the report
+                // describes the invocation, its outcome and its phases.
+                self.instruments.record_outcome(
+                    &record.status,
+                    record.error_type.as_deref(),
+                    total_ms,
+                    &record.spans,
+                );
+                let start = started.unwrap_or_else(|| {
                     time.checked_sub(ms(total_ms.unwrap_or(0.0)))
                         .unwrap_or(time)
                 });
@@ -404,19 +536,41 @@ impl Mapper {
                         "OTLP: report without start or runtimeDone"
                     );
                 }
+                // The report may be written a while after the invocation ended: its duration,
+                // not its time, says when that was.
+                let end = match (started, total_ms) {
+                    (Some(start), Some(total)) => after(start, total),
+                    _ => time,
+                };
                 let span = self.invocation_span(
                     &record.request_id,
                     start,
-                    time,
+                    end,
                     &record.status,
                     record.error_type.as_deref(),
                     false,
                 );
                 self.out.spans.extend(span);
+                for phase in &record.spans {
+                    let Some(phase_start) = parse_time(&phase.start) else {
+                        continue;
+                    };
+                    let child = Span::child(
+                        (trace_id, flags),
+                        span_id,
+                        phase.name.clone(),
+                        phase_start,
+                        after(phase_start, phase.duration_ms),
+                        Vec::new(),
+                    );
+                    self.out.spans.push(child.build(&self.scope));
+                }
             }
         }
-        self.invocations.remove(&record.request_id);
-        self.arrival.retain(|r| r != &record.request_id);
+        self.end(&record.request_id);
+        if let Some(at) = self.arrival.iter().position(|r| r == &record.request_id) {
+            self.arrival.remove(at);
+        }
     }
 
     fn emit_phase(&mut self, restore: bool, report_time: SystemTime, incomplete: bool) {
@@ -501,17 +655,28 @@ impl Mapper {
             return;
         };
         let (mut log, request_id) = logs::log_record(logger, kind, record, time);
-        let owner = request_id.or_else(|| self.current.clone());
-        if let Some(invocation) = owner.as_deref().and_then(|r| self.invocations.get(r)) {
-            log.set_trace_context(
-                invocation.trace_id,
-                invocation.span_id,
-                Some(invocation.flags),
-            );
-            if let Some(r) = owner.filter(|_| {
-                log.attributes_iter()
-                    .all(|(k, _)| k.as_str() != "faas.invocation_id")
-            }) {
+        // "The invocation running now" is ambiguous when several run at once: under Managed
+        // Instances only the record's own requestId joins it to an invocation.
+        let owner = request_id.or_else(|| {
+            (!self.managed_instances)
+                .then(|| self.current.clone())
+                .flatten()
+        });
+        let join = owner.as_deref().and_then(|r| {
+            self.invocations
+                .get(r)
+                .map(LogJoin::from)
+                .or_else(|| self.recently_ended.get(r).cloned())
+        });
+        if let Some(join) = join {
+            log.set_trace_context(join.trace_id, join.span_id, Some(join.flags));
+            let has = |log: &SdkLogRecord, key: &str| {
+                log.attributes_iter().any(|(k, _)| k.as_str() == key)
+            };
+            if let Some(tenant) = join.tenant_id.filter(|_| !has(&log, TENANT_ID)) {
+                log.add_attribute(TENANT_ID, tenant);
+            }
+            if let Some(r) = owner.filter(|_| !has(&log, "faas.invocation_id")) {
                 log.add_attribute("faas.invocation_id", r);
             }
         }
@@ -531,16 +696,7 @@ impl Mapper {
             .cloned()
             .collect();
         for request_id in open {
-            let start = self
-                .invocations
-                .get(&request_id)
-                .and_then(|i| i.start)
-                .unwrap_or(now);
-            let span = self.invocation_span(&request_id, start, now, "incomplete", None, true);
-            self.out.spans.extend(span);
-            if let Some(i) = self.invocations.get_mut(&request_id) {
-                i.ended_at = Some(now);
-            }
+            self.close_incomplete(&request_id, now);
         }
         for restore in [false, true] {
             let phase = if restore { &self.restore } else { &self.init };

@@ -7,14 +7,26 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use std::time::Duration;
 
 fn mapper() -> Mapper {
+    mapper_for(false, false)
+}
+
+/// A mapper for the default model or Managed Instances, with or without a logger.
+fn mapper_for(managed_instances: bool, with_logs: bool) -> Mapper {
+    use opentelemetry::logs::LoggerProvider as _;
     let provider = SdkMeterProvider::builder().build();
     let meter = provider.meter("test");
+    let logger = with_logs.then(|| {
+        opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+            .build()
+            .logger("test")
+    });
     Mapper::new(
         "fn".into(),
         InstrumentationScope::builder("test").build(),
         &meter,
-        None,
+        logger,
         Pricing::for_arch("x86_64"),
+        managed_instances,
     )
 }
 
@@ -137,4 +149,143 @@ fn records_that_do_not_match_the_schema_are_counted_not_fatal() {
     ));
     assert_eq!(m.unmappable, 2);
     assert!(m.take().spans.is_empty());
+}
+
+// ---- Lambda Managed Instances: overlapping invocations, no runtimeDone, tenants ----
+
+fn mi_start(request_id: &str, at: &str, tenant: &str) -> Event {
+    event(&format!(
+        r#"{{"time":"{at}","type":"platform.start","record":{{"requestId":"{request_id}","version":"$LATEST","tenantId":"{tenant}"}}}}"#
+    ))
+}
+
+fn mi_report(request_id: &str, at: &str, status: &str, duration_ms: f64) -> Event {
+    event(&format!(
+        r#"{{"time":"{at}","type":"platform.report","record":{{"requestId":"{request_id}","status":"{status}","metrics":{{"durationMs":{duration_ms}}},"spans":[{{"name":"responseLatency","start":"2026-01-01T00:00:00.010Z","durationMs":5.0}},{{"name":"responseDuration","start":"2026-01-01T00:00:00.015Z","durationMs":1.0}}]}}}}"#
+    ))
+}
+
+fn mi_log(request_id: Option<&str>, at: &str, tenant: &str) -> Event {
+    let id = request_id
+        .map(|r| format!(r#","requestId":"{r}""#))
+        .unwrap_or_default();
+    event(&format!(
+        r#"{{"time":"{at}","type":"function","record":{{"timestamp":"{at}","level":"INFO","message":"hello"{id},"tenantId":"{tenant}"}}}}"#
+    ))
+}
+
+fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+#[test]
+fn managed_instances_interleaved_invocations_each_make_one_span_from_start_to_report() {
+    let mut m = mapper_for(true, false);
+    m.map(&mi_start("a", "2026-01-01T00:00:00.000Z", "t1"));
+    m.map(&mi_start("b", "2026-01-01T00:00:00.005Z", "t2"));
+    m.map(&mi_report("b", "2026-01-01T00:00:00.030Z", "error", 25.0));
+    m.map(&mi_report("a", "2026-01-01T00:00:00.050Z", "success", 50.0));
+    let spans = m.take().spans;
+    let server = server_spans(&spans);
+    assert_eq!(server.len(), 2);
+    for (id, tenant, ms, error) in [("a", "t1", 50, false), ("b", "t2", 25, true)] {
+        let span = server
+            .iter()
+            .find(|s| {
+                attribute(s, "faas.invocation_id").map(|v| v.as_str().into_owned())
+                    == Some(id.to_string())
+            })
+            .expect("a span per request id");
+        assert_eq!(
+            span.end_time.duration_since(span.start_time).ok(),
+            Some(Duration::from_millis(ms))
+        );
+        assert!(
+            attribute(span, "faas.coldstart").is_none(),
+            "no cold starts"
+        );
+        assert_eq!(
+            attribute(span, TENANT_ID).map(|v| v.as_str().into_owned()),
+            Some(tenant.to_string())
+        );
+        assert_eq!(matches!(span.status, Status::Error { .. }), error);
+        let children: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == span.span_context.span_id())
+            .map(|s| s.name.as_ref())
+            .collect();
+        assert_eq!(children, ["responseLatency", "responseDuration"]);
+    }
+}
+
+#[test]
+fn the_default_model_keeps_the_cold_start_flag() {
+    let mut m = mapper();
+    m.map(&event(START));
+    m.map(&event(DONE));
+    let spans = m.take().spans;
+    let server = server_spans(&spans);
+    assert_eq!(
+        attribute(server[0], "faas.coldstart"),
+        Some(&opentelemetry::Value::Bool(true))
+    );
+}
+
+#[test]
+fn an_invocation_whose_report_never_comes_is_let_go_after_the_bound() {
+    let mut m = mapper_for(true, false);
+    m.map(&mi_start("lost", "2026-01-01T00:00:00.000Z", "t"));
+    m.map(&mi_start("later", "2026-01-01T00:10:00.000Z", "t"));
+    assert!(m.take().spans.is_empty(), "ten minutes is within the bound");
+    m.map(&mi_start("much-later", "2026-01-01T00:16:00.000Z", "t"));
+    let spans = m.take().spans;
+    let server = server_spans(&spans);
+    assert_eq!(server.len(), 1);
+    assert_eq!(
+        attribute(server[0], "faas.invocation_id").map(|v| v.as_str().into_owned()),
+        Some("lost".to_string())
+    );
+    assert!(attribute(server[0], "aws.lambda.incomplete").is_some());
+    assert_eq!(m.invocations.len(), 2, "the lost invocation is forgotten");
+}
+
+#[test]
+fn managed_instances_logs_join_only_through_their_own_request_id() {
+    let mut m = mapper_for(true, true);
+    m.map(&mi_start("a", "2026-01-01T00:00:00.000Z", "t1"));
+    m.map(&mi_start("b", "2026-01-01T00:00:00.001Z", "t2"));
+    m.map(&mi_log(Some("a"), "2026-01-01T00:00:00.002Z", "t1"));
+    m.map(&mi_log(None, "2026-01-01T00:00:00.003Z", "t2"));
+    m.map(&mi_report("a", "2026-01-01T00:00:00.004Z", "success", 4.0));
+    // A record that arrives after its invocation's report still joins it.
+    m.map(&mi_log(Some("a"), "2026-01-01T00:00:00.005Z", "t1"));
+    let out = m.take();
+    let a = server_spans(&out.spans)[0].span_context.trace_id();
+    assert_eq!(out.logs.len(), 3);
+    let trace = |log: &SdkLogRecord| log.trace_context().map(|t| t.trace_id);
+    assert_eq!(trace(&out.logs[0]), Some(a));
+    assert_eq!(trace(&out.logs[1]), None, "no requestId: not guessed");
+    assert_eq!(trace(&out.logs[2]), Some(a));
+    let tenant = |log: &SdkLogRecord| {
+        log.attributes_iter()
+            .find(|(k, _)| k.as_str() == TENANT_ID)
+            .map(|(_, v)| format!("{v:?}"))
+    };
+    assert!(tenant(&out.logs[0]).is_some_and(|t| t.contains("t1")));
+    assert!(tenant(&out.logs[1]).is_some_and(|t| t.contains("t2")));
+}
+
+#[test]
+fn the_default_model_joins_a_log_without_request_id_to_the_running_invocation() {
+    let mut m = mapper_for(false, true);
+    m.map(&event(START));
+    m.map(&mi_log(None, "2026-01-01T00:00:00.003Z", "t"));
+    let out = m.take();
+    assert_eq!(
+        out.logs[0].trace_context().map(|t| t.trace_id),
+        Some(TraceId::from_hex("5759e988bd862e3fe1be46a994272793").expect("hex"))
+    );
 }

@@ -1,0 +1,287 @@
+//! Lambda Managed Instances, against the real extension binary under the Lambda stand-in in that
+//! model: INVOKE registration refused, schema 2025-01-29 required, invocations that overlap with
+//! no INVOKE, no runtimeDone and no freeze, JSON logs carrying their requestId and tenantId.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{assert_clean, block_on, config, otlp, run, sorted};
+use lambda_sim::otlp_receiver::{attr_str, hex};
+use lambda_sim::{RecordingEndpoint, SimConfig, SimReport};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use serde_json::Value;
+
+/// Where the bridge writes the tenant of an invocation and of its log records.
+const TENANT: &str = "aws.lambda.tenant.id";
+/// "Within a couple of seconds": the timer's default interval is 1 s, the buffering window
+/// 25 ms; the rest is slack for a loaded machine.
+const FRESH: Duration = Duration::from_millis(2_500);
+
+/// `concurrency` invocations at once, `invocations` in all, over 3 tenants, each running about
+/// 400 ms (so 40 of them at 8 at once last about two seconds).
+fn managed(invocations: usize, concurrency: usize, env: &[(&str, String)]) -> SimConfig {
+    SimConfig {
+        managed_instances: Some(concurrency),
+        tenants: 3,
+        invoke_duration_ms: 400,
+        error_every: Some(5),
+        ..config(invocations, env)
+    }
+}
+
+/// The most invocations that ran at the same moment.
+fn max_overlap(report: &SimReport) -> usize {
+    report
+        .invocations
+        .iter()
+        .map(|i| {
+            report
+                .invocations
+                .iter()
+                .filter(|o| o.invoked_at <= i.invoked_at && i.invoked_at < o.runtime_done_emitted)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// When each event (by its text) reached `endpoint`.
+fn arrivals(endpoint: &RecordingEndpoint) -> HashMap<String, Instant> {
+    let mut at = HashMap::new();
+    for request in endpoint.requests().iter().filter(|r| r.succeeded()) {
+        let events: Vec<Value> = serde_json::from_slice(&request.body).expect("a JSON array");
+        for event in events {
+            at.entry(event.to_string()).or_insert(request.arrived_at);
+        }
+    }
+    at
+}
+
+#[test]
+fn registers_for_shutdown_only_and_subscribes_with_the_2025_schema() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
+            .await
+            .expect("sink");
+        let report = run(managed(4, 2, &[("DISPATCH_POST_URI", sink.url())])).await;
+        assert_clean(&report);
+        assert_eq!(report.register_status, Some(200));
+        assert_eq!(
+            report.register_body.as_ref().map(|b| b["events"].clone()),
+            Some(serde_json::json!(["SHUTDOWN"]))
+        );
+        assert_eq!(report.subscribe_status, Some(200));
+        assert_eq!(
+            report
+                .subscription_body
+                .as_ref()
+                .map(|b| b["schemaVersion"].clone()),
+            Some(Value::from("2025-01-29"))
+        );
+        // The model is logged once, at start.
+        let mentions = report
+            .extension_output
+            .lines()
+            .filter(|l| l.contains("model=managed-instances"))
+            .count();
+        assert_eq!(mentions, 1, "{}", report.extension_output);
+        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
+    });
+}
+
+/// Eight invocations at a time over about two seconds, none shown to the extension: every event
+/// reaches the raw endpoint once and within a couple of seconds of reaching the bridge; each
+/// invocation is one span with its report's duration and status, no cold-start flag, its tenant;
+/// every log record is on its own invocation's trace; the bridge exits 0 before the deadline.
+#[test]
+fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
+            .await
+            .expect("sink");
+        let collector = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
+            .await
+            .expect("collector");
+        let report = run(managed(
+            40,
+            8,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        assert_eq!(report.totals.invocations, 40);
+        assert!(
+            max_overlap(&report) >= 4,
+            "invocations did not overlap: the test proves nothing"
+        );
+        assert_eq!(
+            report.totals.next_calls, 1,
+            "one /event/next, answered with SHUTDOWN: no INVOKE"
+        );
+        assert!(report.events_of_type("platform.runtimeDone").is_empty());
+        let shutdown = report
+            .shutdown_duration
+            .expect("the bridge exited after SHUTDOWN");
+        assert!(
+            shutdown < Duration::from_millis(2_000),
+            "exit before the deadline"
+        );
+
+        // Every event once, and promptly: those the bridge had before SHUTDOWN reached the
+        // endpoint within a couple of seconds, on the timer, not at shutdown.
+        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
+        let shutdown_at = report.shutdown_at.expect("SHUTDOWN handed over");
+        let reached = arrivals(&sink);
+        let mut before_shutdown = 0;
+        for (event, timing) in report.events_sent.iter().zip(&report.event_times) {
+            let pushed = timing.delivered_at.expect("pushed to the bridge");
+            if pushed >= shutdown_at {
+                continue;
+            }
+            let arrived = reached[&event.to_string()];
+            assert!(
+                arrived.saturating_duration_since(pushed) < FRESH,
+                "{} reached the endpoint {:?} after the bridge got it",
+                event["type"],
+                arrived.saturating_duration_since(pushed)
+            );
+            before_shutdown += usize::from(arrived < shutdown_at);
+        }
+        assert!(
+            before_shutdown * 2 > report.events_sent.len(),
+            "only {before_shutdown} of {} events left before SHUTDOWN: delivery is not on a timer",
+            report.events_sent.len()
+        );
+
+        // One SERVER span per request id: the report's duration and status, its tenant, no
+        // cold-start flag.
+        let spans = otlp::spans(&collector);
+        let reports: HashMap<&str, &Value> = report
+            .events_of_type("platform.report")
+            .into_iter()
+            .map(|e| (e["record"]["requestId"].as_str().expect("id"), &e["record"]))
+            .collect();
+        let mut trace_of = HashMap::new();
+        for invocation in &report.invocations {
+            let server: Vec<_> = spans
+                .iter()
+                .map(|(_, s)| s)
+                .filter(|s| {
+                    s.kind == SpanKind::Server as i32
+                        && attr_str(&s.attributes, "faas.invocation_id")
+                            == Some(invocation.request_id.as_str())
+                })
+                .collect();
+            assert_eq!(server.len(), 1, "invocation {}", invocation.index);
+            let span = server[0];
+            let record = reports[invocation.request_id.as_str()];
+            let duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6;
+            let reported = record["metrics"]["durationMs"]
+                .as_f64()
+                .expect("durationMs");
+            assert!(
+                (duration_ms - reported).abs() < 0.01,
+                "span {duration_ms} ms, report {reported} ms"
+            );
+            let error = span
+                .status
+                .as_ref()
+                .is_some_and(|s| s.code == StatusCode::Error as i32);
+            assert_eq!(error, invocation.status != "success");
+            if error {
+                assert_eq!(
+                    attr_str(&span.attributes, "error.type"),
+                    invocation.error_type.as_deref()
+                );
+            }
+            assert!(
+                span.attributes.iter().all(|kv| kv.key != "faas.coldstart"),
+                "no cold starts under Managed Instances"
+            );
+            assert_eq!(
+                attr_str(&span.attributes, TENANT),
+                invocation.tenant_id.as_deref()
+            );
+            let children = spans
+                .iter()
+                .filter(|(_, s)| s.parent_span_id == span.span_id)
+                .count();
+            assert_eq!(children, 2, "responseLatency and responseDuration");
+            trace_of.insert(invocation.request_id.clone(), span.trace_id.clone());
+        }
+
+        // Every log record joins its own invocation's trace, with its tenant.
+        let logs = otlp::logs(&collector);
+        assert_eq!(logs.len(), report.events_of_type("function").len());
+        let tenant_of: HashMap<&str, Option<&str>> = report
+            .invocations
+            .iter()
+            .map(|i| (i.request_id.as_str(), i.tenant_id.as_deref()))
+            .collect();
+        for (_, log) in &logs {
+            let id = attr_str(&log.attributes, "faas.invocation_id").expect("a requestId");
+            assert_eq!(
+                hex(&log.trace_id),
+                hex(&trace_of[id]),
+                "a log record of {id} on another trace"
+            );
+            assert_eq!(attr_str(&log.attributes, TENANT), tenant_of[id]);
+        }
+
+        // Metrics only from fields that are present: outcomes partition the invocations; no
+        // billed duration, memory or cold start was invented.
+        let metrics = otlp::metrics(&collector);
+        let names: Vec<&str> = metrics.iter().map(|(_, m)| m.name.as_str()).collect();
+        for absent in [
+            "faas.coldstarts",
+            "aws.lambda.billed_duration",
+            "faas.mem_usage",
+            "aws.lambda.memory_size",
+            "aws.lambda.estimated_cost",
+        ] {
+            assert!(!names.contains(&absent), "{absent} was exported");
+        }
+        assert!(names.contains(&"faas.invoke_duration"));
+    });
+}
+
+/// `BRIDGE_FLUSH=end` has no meaning there: one ERROR line, and the timer delivers anyway.
+#[test]
+fn flush_at_end_is_refused_and_the_timer_used() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
+            .await
+            .expect("sink");
+        let report = run(managed(
+            24,
+            8,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH", "end".into()),
+            ],
+        ))
+        .await;
+        assert_clean(&report);
+        let refusals: Vec<&str> = report
+            .extension_output
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("BRIDGE_FLUSH"))
+            .collect();
+        assert_eq!(refusals.len(), 1, "{}", report.extension_output);
+        assert!(refusals[0].contains("periodic:1000"), "{}", refusals[0]);
+        let shutdown_at = report.shutdown_at.expect("SHUTDOWN handed over");
+        assert!(
+            sink.requests()
+                .iter()
+                .any(|r| r.succeeded() && r.arrived_at < shutdown_at),
+            "nothing was delivered before SHUTDOWN"
+        );
+        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
+    });
+}
