@@ -260,6 +260,56 @@ fn zero_invocations_runs_until_sigint_then_shuts_down() {
     assert!(out.contains("result: OK"), "{out}");
 }
 
+/// The Managed Instances model from the command line: invocations at once, tenants, and the
+/// summary's join checks.
+#[test]
+fn managed_instances_with_tenants() {
+    let run = lambda_sim(
+        &[
+            "--managed-instances",
+            "4",
+            "--tenants",
+            "2",
+            "--invocations",
+            "12",
+            "--function-ms",
+            "100",
+            "--errors-every",
+            "4",
+        ],
+        None,
+    );
+    let out = &run.stdout;
+    assert!(
+        run.status.success(),
+        "exit {:?}\n{out}\n{}",
+        run.status,
+        run.stderr
+    );
+    assert!(
+        out.contains("lambda-sim: Lambda Managed Instances, 4 invocation(s) at once, 2 tenant(s)")
+    );
+    assert_eq!(number_after(out, "  platform.start"), Some(12), "{out}");
+    assert_eq!(number_after(out, "  platform.runtimeDone"), None, "{out}");
+    assert_eq!(number_after(out, "  invocation spans"), Some(12), "{out}");
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("  one span each, logs joined") && l.trim_end().ends_with(" yes")
+        ),
+        "{out}"
+    );
+    assert!(out.contains("result: OK"), "{out}");
+    // What the model does not have is refused, not ignored.
+    let refused = lambda_sim(&["--managed-instances", "2", "--freeze"], None);
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("does not apply") || refused.stdout.contains("does not apply"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+}
+
 /// The extension binary, built by `cargo test` at the workspace root beside this package's own
 /// binaries (this package does not depend on the extension crate, so Cargo does not name it).
 fn bridge_binary() -> std::path::PathBuf {
