@@ -85,6 +85,13 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
     } else {
         &["INVOKE", "SHUTDOWN"]
     };
+    // Said before registering: a refused registration is the first thing to explain.
+    tracing::info!(
+        model = %model.as_str(),
+        initialization_type = %config.lambda.initialization_type.as_deref().unwrap_or("?"),
+        events = ?events,
+        "execution model"
+    );
     let registration = match api.register(&extension_name, events).await {
         Ok(r) => r,
         Err(e) => {
@@ -97,9 +104,6 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         function = registration.function_name.as_deref().unwrap_or("?"),
         version = registration.function_version.as_deref().unwrap_or("?"),
         account_id_known = registration.account_id.is_some(),
-        model = %model.as_str(),
-        initialization_type = %config.lambda.initialization_type.as_deref().unwrap_or("?"),
-        events = ?events,
         "registered"
     );
 
@@ -199,7 +203,7 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         )))
     });
 
-    let (progress_tx, progress_rx) = progress::channel();
+    let (progress_tx, progress_rx) = progress::channel(model.is_managed_instances());
     let mut listen_issues = Vec::new();
     let (listener, telemetry_live) = start_telemetry(
         &config,
@@ -261,7 +265,7 @@ fn start_timer(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            delivery.kick();
+            delivery.tick();
             push_self_metrics_beside(pusher.as_ref(), push_timeout);
         }
     })

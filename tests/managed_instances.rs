@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{assert_clean, block_on, config, otlp, run, sorted};
-use lambda_sim::otlp_receiver::{attr_str, hex};
+use lambda_sim::otlp_receiver::{attr_str, hex, number_value};
 use lambda_sim::{RecordingEndpoint, SimConfig, SimReport};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::Value;
@@ -46,6 +47,45 @@ fn max_overlap(report: &SimReport) -> usize {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// The value of a cumulative counter in the last export that has it (summed over its points).
+fn last_counter(
+    metrics: &[(
+        opentelemetry_proto::tonic::resource::v1::Resource,
+        opentelemetry_proto::tonic::metrics::v1::Metric,
+    )],
+    name: &str,
+) -> f64 {
+    metrics
+        .iter()
+        .rev()
+        .find(|(_, m)| m.name == name)
+        .map(|(_, m)| match &m.data {
+            Some(Data::Sum(sum)) => sum.data_points.iter().map(number_value).sum(),
+            _ => panic!("{name} is not a sum"),
+        })
+        .unwrap_or(0.0)
+}
+
+/// The OTel trace id, parent span id and span id in a `platform.start`'s X-Ray `tracing`.
+fn xray_ids(start: &Value) -> (String, String, String) {
+    let tracing = &start["record"]["tracing"];
+    let header = tracing["value"].as_str().expect("an X-Ray header");
+    let field = |name: &str| {
+        header
+            .split(';')
+            .find_map(|part| part.strip_prefix(name))
+            .expect("a field of the header")
+            .to_string()
+    };
+    let root = field("Root=");
+    let trace_id = root.split('-').skip(1).collect::<String>();
+    (
+        trace_id,
+        field("Parent="),
+        tracing["spanId"].as_str().expect("spanId").to_string(),
+    )
 }
 
 /// When each event (by its text) reached `endpoint`.
@@ -208,6 +248,16 @@ fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
                 attr_str(&span.attributes, TENANT),
                 invocation.tenant_id.as_deref()
             );
+            // Trace context from platform.start's tracing.
+            let start = report
+                .events_of_type("platform.start")
+                .into_iter()
+                .find(|e| e["record"]["requestId"] == *invocation.request_id)
+                .expect("its platform.start");
+            let (trace_id, parent, span_id) = xray_ids(start);
+            assert_eq!(hex(&span.trace_id), trace_id);
+            assert_eq!(hex(&span.parent_span_id), parent);
+            assert_eq!(hex(&span.span_id), span_id);
             let children = spans
                 .iter()
                 .filter(|(_, s)| s.parent_span_id == span.span_id)
@@ -224,8 +274,17 @@ fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
             .iter()
             .map(|i| (i.request_id.as_str(), i.tenant_id.as_deref()))
             .collect();
+        let mut without_request_id = 0;
         for (_, log) in &logs {
-            let id = attr_str(&log.attributes, "faas.invocation_id").expect("a requestId");
+            let Some(id) = attr_str(&log.attributes, "faas.invocation_id") else {
+                // Eight invocations run at once: nothing says which one it belongs to.
+                assert!(
+                    log.trace_id.iter().all(|b| *b == 0),
+                    "a log record without requestId was joined to a guess"
+                );
+                without_request_id += 1;
+                continue;
+            };
             assert_eq!(
                 hex(&log.trace_id),
                 hex(&trace_of[id]),
@@ -233,6 +292,10 @@ fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
             );
             assert_eq!(attr_str(&log.attributes, TENANT), tenant_of[id]);
         }
+        assert_eq!(
+            without_request_id, 10,
+            "every fourth invocation's first line"
+        );
 
         // Metrics only from fields that are present: outcomes partition the invocations; no
         // billed duration, memory or cold start was invented.
@@ -248,6 +311,15 @@ fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
             assert!(!names.contains(&absent), "{absent} was exported");
         }
         assert!(names.contains(&"faas.invoke_duration"));
+        // Outcomes from the reports partition the invocations, each counted once.
+        let errors = report.count_status("error") as f64;
+        assert_eq!(errors, 8.0);
+        assert_eq!(last_counter(&metrics, "faas.errors"), errors);
+        assert_eq!(
+            last_counter(&metrics, "faas.invocations"),
+            40.0 - errors,
+            "successful invocations"
+        );
     });
 }
 
@@ -281,6 +353,37 @@ fn flush_at_end_is_refused_and_the_timer_used() {
                 .iter()
                 .any(|r| r.succeeded() && r.arrived_at < shutdown_at),
             "nothing was delivered before SHUTDOWN"
+        );
+        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
+    });
+}
+
+/// SHUTDOWN while invocations are still running: the bridge waits for their reports (they come
+/// after SHUTDOWN), delivers everything and exits 0 before the deadline.
+#[test]
+fn shutdown_waits_for_the_invocations_still_running() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = managed(16, 8, &[("DISPATCH_POST_URI", sink.url())]);
+        cfg.shutdown_during_invocations = true;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let shutdown_at = report.shutdown_at.expect("SHUTDOWN handed over");
+        let late_reports = report
+            .events_of_type("platform.report")
+            .len()
+            .saturating_sub(
+                report
+                    .invocations
+                    .iter()
+                    .filter(|i| i.runtime_done_emitted < shutdown_at)
+                    .count(),
+            );
+        assert!(
+            late_reports > 0,
+            "no report came after SHUTDOWN: the test proves nothing"
         );
         assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
     });

@@ -3,6 +3,7 @@
 //! and with its budget (see BENCHMARKS.md).
 
 mod billed;
+mod fleet_series;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ OPTIONS:
                           K, e.g. DISPATCH_POST_URI= turns the raw sink off): for experiments
     --skip-big            run only the standard scenario
     --markdown            print the table as Markdown
+    --fleet               instead: the series the collector's Prometheus exporter exposes for a
+                          churning fleet (environments replaced every few invocations), at most
+                          at one time and ever, with a scaled-down metric_expiration of 2 s
     --billed              instead: the billed time each flush policy adds per invocation, its
                           freshness and loss, per endpoint latency (loopback, 30, 150 ms) and
                           traffic (steady, sparse with freezes), at a 128 MB function's CPU
@@ -68,6 +72,7 @@ struct Args {
     billed: bool,
     full_cpu: bool,
     only: billed::Only,
+    fleet: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -86,6 +91,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         billed: false,
         full_cpu: false,
         only: billed::Only::default(),
+        fleet: false,
     };
     let (mut runs, mut inv, mut big_inv, mut big_lines) = (None, None, None, None);
     fn number(flag: &str, v: Option<String>) -> Result<usize, String> {
@@ -116,6 +122,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             }
             "--skip-big" => a.skip_big = true,
             "--billed" => a.billed = true,
+            "--fleet" => a.fleet = true,
             "--full-cpu" => a.full_cpu = true,
             "--only" => a.only = billed::Only::parse(&it.next().ok_or("--only needs a value")?),
             other => return Err(format!("unknown option {other:?} (see --help)")),
@@ -947,6 +954,13 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(p) => p.clone(),
         None => next_to_me("bench-floor")?,
     };
+    if args.fleet {
+        if !bridge.is_file() {
+            return Err(format!("{} does not exist", bridge.display()));
+        }
+        fleet_series::run(&bridge, args.quick).await?;
+        return Ok(true);
+    }
     if args.billed {
         if !bridge.is_file() {
             return Err(format!("{} does not exist", bridge.display()));

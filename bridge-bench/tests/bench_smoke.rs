@@ -115,6 +115,27 @@ fn bridge_bench_billed_produces_a_row_per_policy() {
     assert!(billed("adaptive") < 5.0, "{stdout}");
 }
 
+#[test]
+fn bridge_bench_fleet_counts_the_exposed_series() {
+    let stdout = bridge_bench(&["--fleet", "--quick"]);
+    let number = |label: &str| -> Option<f64> {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(label))?
+            .get(label.len()..)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    assert_eq!(number("environments started"), Some(6.0), "{stdout}");
+    let per_environment = number("series per environment").expect("series per environment");
+    assert!(per_environment > 10.0, "{stdout}");
+    let most = number("series exposed, most at one time").expect("most exposed");
+    let ever = number("series ever exposed (no expiry)").expect("ever");
+    assert!(most > 0.0 && most <= ever, "{stdout}");
+}
+
 /// The extension binary, built by `cargo test` at the workspace root beside this package's own
 /// binaries (this package does not depend on the extension crate, so Cargo does not name it).
 fn bridge_binary() -> std::path::PathBuf {

@@ -64,6 +64,7 @@ pub(crate) struct Shared {
     pub hub: Arc<TelemetryHub>,
     pub ctrl: mpsc::UnboundedSender<ControlMsg>,
     pub function_name: String,
+    pub function_version: String,
     /// Keep about this many `next_calls` (`SimConfig::history_limit`).
     pub history_limit: Option<usize>,
     /// The extension's pid once spawned (0 before), for the CPU samples at `/event/next`.
@@ -226,7 +227,7 @@ async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             drop(rec);
             let mut body = json!({
                 "functionName": shared.function_name,
-                "functionVersion": "$LATEST",
+                "functionVersion": shared.function_version,
                 "handler": "index.handler",
             });
             if accept.split(',').any(|f| f.trim() == "accountId") {
@@ -546,6 +547,7 @@ mod tests {
             hub: Arc::new(TelemetryHub::with_history_limit(None)),
             ctrl,
             function_name: "f".into(),
+            function_version: "$LATEST".into(),
             history_limit: None,
             pid: AtomicU32::new(0),
             managed_instances: true,

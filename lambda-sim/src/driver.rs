@@ -73,6 +73,8 @@ struct Driver {
     invocations_total: usize,
     by_status: BTreeMap<String, usize>,
     max_overhead: Option<Duration>,
+    /// Managed Instances: invocations still running when SHUTDOWN is handed over.
+    running: Option<tokio::task::JoinSet<InvocationRecord>>,
 }
 
 pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
@@ -84,6 +86,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         hub: hub.clone(),
         ctrl: ctrl_tx,
         function_name: cfg.function_name.clone(),
+        function_version: cfg.function_version.clone(),
         history_limit: cfg.history_limit,
         pid: std::sync::atomic::AtomicU32::new(0),
         managed_instances: cfg.managed_instances.is_some(),
@@ -170,6 +173,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         invocations_total: 0,
         by_status: BTreeMap::new(),
         max_overhead: None,
+        running: None,
     };
 
     let first_next = match d.init().await {
@@ -186,10 +190,11 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         }
     };
     let (pending, deferred_report) = match d.cfg.managed_instances {
-        Some(concurrency) => (
-            d.concurrent_invocations(first_next, concurrency).await,
-            None,
-        ),
+        Some(concurrency) => {
+            let (pending, running) = d.concurrent_invocations(first_next, concurrency).await;
+            d.running = running;
+            (pending, None)
+        }
         None => d.invocations(first_next).await,
     };
     d.shutdown(pending, deferred_report).await;
@@ -255,7 +260,7 @@ fn lambda_env(cfg: &SimConfig, runtime_api: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", cfg.function_name.clone()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", cfg.function_version.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", cfg.memory_mb.to_string()),
         ("AWS_REGION", events::REGION.to_string()),
         ("AWS_DEFAULT_REGION", events::REGION.to_string()),
@@ -539,7 +544,7 @@ impl Driver {
                 now,
                 init_type,
                 &self.cfg.function_name,
-                "$LATEST",
+                &self.cfg.function_version,
             ));
         }
         let runtime_ready_at =
@@ -714,12 +719,16 @@ impl Driver {
 
     /// Lambda Managed Instances: up to `concurrency` invocations at once until the limit or a
     /// stop, none of them shown to the extension (its `/event/next` stays pending until
-    /// SHUTDOWN). Returns that pending call.
+    /// SHUTDOWN). Returns that pending call, and with `shutdown_during_invocations` the
+    /// invocations still running.
     async fn concurrent_invocations(
         &mut self,
         first: PendingNext,
         concurrency: usize,
-    ) -> Option<PendingNext> {
+    ) -> (
+        Option<PendingNext>,
+        Option<tokio::task::JoinSet<InvocationRecord>>,
+    ) {
         enum Step {
             Ended(Result<InvocationRecord, tokio::task::JoinError>),
             Control(Waited),
@@ -748,6 +757,7 @@ impl Driver {
                 }
                 let invocation = ConcurrentInvocation {
                     index: started,
+                    version: self.cfg.function_version.clone(),
                     request_id: events::uuid(),
                     tenant_id: tenant_for(&self.cfg, started),
                     trace: self.cfg.xray.then(Trace::new),
@@ -766,8 +776,12 @@ impl Driver {
                 running.spawn(invocation.run(emitter.clone()));
                 started += 1;
             }
+            let all_started = (limit > 0 && started >= limit) || self.stop_requested();
             if running.is_empty() {
-                return Some(first);
+                return (Some(first), None);
+            }
+            if all_started && self.cfg.shutdown_during_invocations {
+                return (Some(first), Some(running));
             }
             let step = tokio::select! {
                 Some(ended) = running.join_next() => Step::Ended(ended),
@@ -791,7 +805,7 @@ impl Driver {
                         self.describe_exit()
                     ));
                     running.abort_all();
-                    return None;
+                    return (None, None);
                 }
             }
         }
@@ -811,7 +825,12 @@ impl Driver {
         let trace = self.cfg.xray.then(Trace::new);
         let tenant_id = tenant_for(&self.cfg, i);
         self.emit(events::with_tenant(
-            events::platform_start(SystemTime::now(), &request_id, trace.as_ref()),
+            events::platform_start(
+                SystemTime::now(),
+                &request_id,
+                &self.cfg.function_version,
+                trace.as_ref(),
+            ),
             tenant_id.as_deref(),
         ));
         self.thaw();
@@ -1053,6 +1072,18 @@ impl Driver {
         {
             self.emit(events::report(SystemTime::now(), &outcome, &report));
         }
+        if let Some(mut running) = self.running.take() {
+            // Invocations that were still running end after SHUTDOWN, within its deadline.
+            let until = handed_at + grace;
+            while let Ok(Some(ended)) =
+                tokio::time::timeout_at(until.into(), running.join_next()).await
+            {
+                match ended {
+                    Ok(record) => self.keep_record(record),
+                    Err(e) => self.errors.push(format!("an invocation task failed: {e}")),
+                }
+            }
+        }
         if !self.wait_exit(handed_at + grace).await {
             self.errors.push(format!(
                 "the extension did not exit within the shutdown deadline ({} ms) and was killed",
@@ -1206,6 +1237,7 @@ impl Emitter {
 /// One invocation under Lambda Managed Instances, run as a task beside the others.
 struct ConcurrentInvocation {
     index: usize,
+    version: String,
     request_id: String,
     tenant_id: Option<String>,
     trace: Option<Trace>,
@@ -1225,7 +1257,12 @@ impl ConcurrentInvocation {
         let start_sys = SystemTime::now();
         let invoked_at = Instant::now();
         emitter.emit(events::with_tenant(
-            events::platform_start(start_sys, &self.request_id, self.trace.as_ref()),
+            events::platform_start(
+                start_sys,
+                &self.request_id,
+                &self.version,
+                self.trace.as_ref(),
+            ),
             self.tenant_id.as_deref(),
         ));
         for k in 0..self.log_lines {
@@ -1242,7 +1279,15 @@ impl ConcurrentInvocation {
                 status: &self.status,
                 error_type: self.error_type.as_deref(),
             };
-            emitter.emit(line.event(true));
+            let mut event = line.event(true);
+            if k == 0 && self.index % 4 == 3 {
+                // A record written outside the handler's context (a background thread): no
+                // requestId, so nothing says which of the running invocations it belongs to.
+                if let Some(record) = event["record"].as_object_mut() {
+                    record.remove("requestId");
+                }
+            }
+            emitter.emit(event);
         }
         tokio::time::sleep_until((invoked_at + self.duration).into()).await;
         let runtime_duration = invoked_at.elapsed();

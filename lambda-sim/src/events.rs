@@ -216,10 +216,15 @@ pub fn telemetry_subscription(time: SystemTime, name: &str, types: &[String]) ->
 }
 
 /// `platform.start`.
-pub fn platform_start(time: SystemTime, request_id: &str, trace: Option<&Trace>) -> Value {
+pub fn platform_start(
+    time: SystemTime,
+    request_id: &str,
+    version: &str,
+    trace: Option<&Trace>,
+) -> Value {
     let mut record = Map::new();
     record.insert("requestId".into(), json!(request_id));
-    record.insert("version".into(), json!("$LATEST"));
+    record.insert("version".into(), json!(version));
     if let Some(t) = trace {
         record.insert("tracing".into(), t.platform_json());
     }

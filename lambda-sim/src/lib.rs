@@ -33,8 +33,10 @@ use serde_json::Value;
 mod control_plane;
 mod driver;
 pub mod events;
+pub mod fleet;
 pub mod otlp_receiver;
 pub mod procfs;
+pub mod prometheus;
 mod recorder;
 pub mod stats;
 mod telemetry;
@@ -97,6 +99,8 @@ pub struct SimConfig {
     pub history_limit: Option<usize>,
     /// Function name (`AWS_LAMBDA_FUNCTION_NAME`, register answer, ARN).
     pub function_name: String,
+    /// Function version (`AWS_LAMBDA_FUNCTION_VERSION`, register answer, `platform.start`).
+    pub function_version: String,
     /// Configured memory (MB).
     pub memory_mb: u64,
     /// Function timeout: INVOKE's `deadlineMs` is now + this; a timed-out invocation runs this long.
@@ -156,9 +160,14 @@ pub struct SimConfig {
     /// refused (403 `Extension.InvalidEventType`), subscriptions need schema 2025-01-29 (400
     /// otherwise), `/event/next` answers only SHUTDOWN, invocations overlap, `platform.report`
     /// carries status, `durationMs` and spans only, there is no `platform.runtimeDone`, function
-    /// logs are JSON records with their `requestId`, and nothing is frozen.
+    /// logs are JSON records with their `requestId` (but the first line of every fourth
+    /// invocation, written as if from a background thread, has none), and nothing is frozen.
     /// `timeout_every` and `freeze_between_invokes` do not apply there.
     pub managed_instances: Option<usize>,
+    /// Managed Instances: hand over SHUTDOWN as soon as the last invocation has started, while
+    /// invocations are still running (their logs and reports follow SHUTDOWN). Default false:
+    /// SHUTDOWN after the last report, as when Lambda drains an environment first.
+    pub shutdown_during_invocations: bool,
     /// Tenant isolation: invocations are spread over this many tenant ids, carried by
     /// `platform.start`, `platform.runtimeDone`, `platform.report` and JSON log records (0: no
     /// tenants).
@@ -177,6 +186,7 @@ impl Default for SimConfig {
             stop: None,
             history_limit: None,
             function_name: "sim-function".into(),
+            function_version: "$LATEST".into(),
             memory_mb: 128,
             function_timeout_ms: 3000,
             invoke_duration_ms: 8,
@@ -200,6 +210,7 @@ impl Default for SimConfig {
             withhold_last_report: false,
             new_connection_per_push: false,
             managed_instances: None,
+            shutdown_during_invocations: false,
             tenants: 0,
             progress: None,
         }
@@ -216,6 +227,7 @@ impl fmt::Debug for SimConfig {
             .field("stop", &self.stop.as_ref().map(|s| *s.borrow()))
             .field("history_limit", &self.history_limit)
             .field("function_name", &self.function_name)
+            .field("function_version", &self.function_version)
             .field("memory_mb", &self.memory_mb)
             .field("function_timeout_ms", &self.function_timeout_ms)
             .field("invoke_duration_ms", &self.invoke_duration_ms)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use lambda_sim::fleet::{self, FleetConfig, FleetFunction, FleetReport};
 use lambda_sim::otlp_receiver::OtlpStats;
 use lambda_sim::{
     self as sim, posted_events, Behaviour, InvocationRecord, RecordingEndpoint, SimConfig,
@@ -34,6 +35,13 @@ OPTIONS:
                               extension, no runtimeDone, no freeze, schema 2025-01-29 required
     --tenants K               tenant isolation: spread invocations over K tenant ids (tenantId in
                               platform events and JSON logs)
+    --environments N          a fleet: N execution environments at once, each its own bridge
+                              process (its own faas.instance); each serves --lifetime invocations,
+                              shuts down, and a new one cold-starts in its place; --invocations
+                              counts across the fleet
+    --functions LIST          the fleet's functions, name or name:version, comma-separated
+                              (environment i serves the i-th, round-robin; default sim-function)
+    --lifetime N              invocations an environment of the fleet serves (default 10)
     --no-otlp                 do not start the embedded OTLP receiver (OTLP output stays off)
     --endpoint-latency-ms N   the embedded endpoints answer after N ms (a network away; default 0)
     --endpoint-jitter-ms N    and up to N ms more, drawn per request (default 0)
@@ -58,7 +66,7 @@ const DRAIN_EVERY: Duration = Duration::from_secs(1);
 /// Width of the summary's labels.
 const LABEL: usize = 30;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Args {
     invocations: usize,
     errors_every: Option<usize>,
@@ -74,6 +82,9 @@ struct Args {
     no_otlp: bool,
     managed_instances: Option<usize>,
     tenants: usize,
+    environments: Option<usize>,
+    functions: Vec<FleetFunction>,
+    lifetime: usize,
     extension: Option<PathBuf>,
     quiet: bool,
 }
@@ -94,6 +105,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         no_otlp: false,
         managed_instances: None,
         tenants: 0,
+        environments: None,
+        functions: Vec::new(),
+        lifetime: 10,
         extension: None,
         quiet: false,
     };
@@ -130,6 +144,21 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--snap-start" => a.snap_start = true,
             "--managed-instances" => a.managed_instances = every(&flag, value())?,
             "--tenants" => a.tenants = number(&flag, value())?,
+            "--environments" => a.environments = every(&flag, value())?,
+            "--functions" => {
+                let list = value().ok_or("--functions needs a list")?;
+                a.functions = list
+                    .split(',')
+                    .map(|f| {
+                        FleetFunction::parse(f).ok_or_else(|| {
+                            format!("--functions: {f:?} is not name or name:version")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--lifetime" => {
+                a.lifetime = every(&flag, value())?.unwrap_or(1);
+            }
             "--no-otlp" => a.no_otlp = true,
             "--quiet" | "-q" => a.quiet = true,
             "--extension" => {
@@ -137,6 +166,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             }
             other => return Err(format!("unknown option {other:?} (see --help)")),
         }
+    }
+    if a.environments.is_none() && a.functions.len() > 1 {
+        return Err("--functions with more than one function needs --environments".into());
     }
     if a.managed_instances.is_some() {
         // What the model does not have, refused rather than silently ignored.
@@ -309,13 +341,16 @@ enum OtlpTarget {
 
 /// Runs the simulation.
 async fn run(args: Args) -> Result<Outcome, String> {
+    if let Some(slots) = args.environments {
+        return run_fleet(args, slots).await;
+    }
     let extension = locate_extension(&args)?;
     let forever = args.invocations == 0;
     let mut outputs = Outputs::start(&args).await?;
     outputs.announce(&args, &extension);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let cfg = sim_config(&args, extension, outputs.env.clone(), stop_rx);
-    let Some(result) = drive(cfg, &stop_tx, &mut outputs, forever).await else {
+    let Some(result) = drive(sim::run(cfg), &stop_tx, &mut outputs, forever).await else {
         // Dropping the run killed the extension.
         println!("lambda-sim: aborted");
         return Ok(Outcome::Aborted);
@@ -346,6 +381,198 @@ async fn run(args: Args) -> Result<Outcome, String> {
     };
     let ok = summary(&report, model, &raw, &outputs.otlp_target, &outputs.otlp);
     Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// A fleet: `slots` environments at once, each a bridge process of its own, replaced after
+/// `--lifetime` invocations, all sending to the same endpoints.
+async fn run_fleet(args: Args, slots: usize) -> Result<Outcome, String> {
+    let extension = locate_extension(&args)?;
+    let forever = args.invocations == 0;
+    let mut outputs = Outputs::start(&args).await?;
+    outputs.announce(&args, &extension);
+    let functions = if args.functions.is_empty() {
+        vec![FleetFunction::new("sim-function", "$LATEST")]
+    } else {
+        args.functions.clone()
+    };
+    println!(
+        "lambda-sim: a fleet of {slots} environment(s) at once, each replaced after {} \
+         invocation(s); functions {}",
+        args.lifetime,
+        functions
+            .iter()
+            .map(|f| format!("{}:{}", f.name, f.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let template_args = args.clone();
+    let env = outputs.env.clone();
+    let template_stop = stop_rx.clone();
+    let template_extension = extension.clone();
+    let fleet_run = fleet::run(FleetConfig {
+        slots,
+        functions,
+        invocations: args.invocations,
+        lifetime: args.lifetime,
+        stop: Some(stop_rx),
+        keep_reports: !forever,
+        template: Box::new(move |spec| {
+            // One address serves one /metrics: the first slot's bridges serve it (one after the
+            // other); every bridge still pushes, when BRIDGE_PUSHGATEWAY_URL is set.
+            let env = env
+                .iter()
+                .filter(|(k, _)| spec.slot == 0 || k != "BRIDGE_METRICS_ADDR")
+                .cloned()
+                .collect();
+            let mut cfg = sim_config(
+                &template_args,
+                template_extension.clone(),
+                env,
+                template_stop.clone(),
+            );
+            // Several bridges at once: their output is kept, and shown for those that failed.
+            cfg.capture_output = true;
+            cfg.progress = None;
+            cfg.history_limit = None;
+            cfg
+        }),
+        on_finished: Some(Box::new(print_environment)),
+        ..FleetConfig::default()
+    });
+    let Some(fleet) = drive(fleet_run, &stop_tx, &mut outputs, forever).await else {
+        println!("lambda-sim: aborted");
+        return Ok(Outcome::Aborted);
+    };
+    outputs.drain(forever);
+    if let Some(name) = outputs.stopped_by {
+        println!(
+            "lambda-sim: stopped by {name} after {} invocation(s)",
+            fleet.invocations()
+        );
+    }
+    let raw = outputs.raw_received(forever);
+    let ok = fleet_summary(&fleet, &raw, &outputs.otlp_target, &outputs.otlp);
+    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+fn print_environment(env: &fleet::FinishedEnvironment) {
+    let spec = &env.spec;
+    let what = match env.report() {
+        Some(r) => format!(
+            "{} invocation(s), cold start {}, exit {}",
+            r.totals.invocations,
+            opt_ms(r.cold_start).trim(),
+            r.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into())
+        ),
+        None => "did not run".into(),
+    };
+    println!(
+        "  environment {:<3} {}:{:<10} slot {:<2} {what}",
+        spec.index + 1,
+        spec.function.name,
+        spec.function.version,
+        spec.slot + 1
+    );
+    if let Some(report) = env.report().filter(|r| !r.clean()) {
+        println!("--- environment {} output ---", spec.index + 1);
+        print!("{}", report.extension_output);
+        println!("----------------------------");
+    }
+}
+
+/// The fleet's totals and checks; whether all hold.
+fn fleet_summary(
+    fleet: &FleetReport,
+    received: &RawReceived,
+    otlp_target: &OtlpTarget,
+    otlp: &OtlpStats,
+) -> bool {
+    let mut ok = fleet.clean();
+    println!();
+    println!("Summary (fleet)");
+    println!("===============");
+    println!(
+        "{:<LABEL$} {:>6}  (at most {} at once)",
+        "environments started",
+        fleet.environments_started(),
+        fleet.max_alive
+    );
+    for (function, t) in &fleet.totals {
+        let statuses = t
+            .by_status
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "  {:<28} {:>4} environment(s), {} invocation(s) ({statuses})",
+            format!("{}:{}", function.name, function.version),
+            t.environments,
+            t.invocations
+        );
+    }
+    println!("{:<LABEL$} {:>6}", "invocations", fleet.invocations());
+    println!(
+        "{:<LABEL$} {:>6}",
+        "events sent by Lambda",
+        fleet.events_sent()
+    );
+    match received {
+        RawReceived::All(received) => {
+            let sent: Vec<Value> = fleet
+                .environments
+                .iter()
+                .filter_map(|e| e.report())
+                .flat_map(|r| r.events_sent.iter().cloned())
+                .collect();
+            println!(
+                "{:<LABEL$} {:>6}",
+                "received by raw JSON endpoint",
+                received.len()
+            );
+            let x = exactly_once(&sent, received);
+            if x.once() {
+                println!("{:<LABEL$} yes", "each exactly once");
+            } else {
+                ok = false;
+                println!(
+                    "{:<LABEL$} NO  (missing {}, duplicated {}, unexpected {})",
+                    "each exactly once", x.missing, x.duplicated, x.unexpected
+                );
+            }
+        }
+        RawReceived::Counted(n) => {
+            println!("{:<LABEL$} {n:>6}", "received by raw JSON endpoint");
+            if *n != fleet.events_sent() {
+                ok = false;
+                println!("{:<LABEL$} NO", "exactly once (by count)");
+            } else {
+                println!("{:<LABEL$} yes", "exactly once (by count)");
+            }
+        }
+        RawReceived::External => println!(
+            "{:<LABEL$}      -  (DISPATCH_POST_URI set by the user)",
+            "received by raw JSON endpoint"
+        ),
+    }
+    for problem in &fleet.unclean {
+        println!("  - {problem}");
+    }
+    println!();
+    if let OtlpTarget::Embedded { url, protocol } = otlp_target {
+        println!("OTLP received by the embedded receiver ({url}, {protocol})");
+        for line in otlp.render(LABEL) {
+            println!("{line}");
+        }
+        ok &= otlp.undecodable == 0;
+        ok &= joins_checked(fleet.invocations(), otlp);
+    }
+    println!();
+    println!("result: {}", if ok { "OK" } else { "FAILED" });
+    ok
 }
 
 /// `--extension`, else the bridge next to lambda-sim (built first under `cargo run`).
@@ -543,13 +770,12 @@ fn sim_config(
 
 /// Runs the simulation, answering signals (the first ends it the Lambda way, the second aborts:
 /// `None`) and draining the outputs as it goes.
-async fn drive(
-    cfg: SimConfig,
+async fn drive<F: std::future::Future>(
+    sim_run: F,
     stop: &tokio::sync::watch::Sender<bool>,
     outputs: &mut Outputs,
     forever: bool,
-) -> Option<Result<SimReport, SimError>> {
-    let sim_run = sim::run(cfg);
+) -> Option<F::Output> {
     tokio::pin!(sim_run);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -697,12 +923,11 @@ fn exactly_once(sent: &[Value], received: &[Value]) -> ExactlyOnce {
 
 /// One span per invocation and every log record on its invocation's trace (what the OTLP
 /// receiver got, against the invocations run); prints the verdict, returns whether it holds.
-fn joins_checked(report: &SimReport, otlp: &OtlpStats) -> bool {
+fn joins_checked(invocations: usize, otlp: &OtlpStats) -> bool {
     let joins = otlp.joins();
     if otlp.spans == 0 || joins.truncated {
         return joins.ok(); // traces off, or a run longer than what is tracked (as printed)
     }
-    let invocations = report.totals.invocations;
     let every_invocation = joins.invocations == invocations;
     let ok = every_invocation && joins.ok();
     println!(
@@ -911,7 +1136,7 @@ fn summary(
             if otlp.undecodable > 0 {
                 ok = false;
             }
-            ok &= joins_checked(report, otlp);
+            ok &= joins_checked(report.totals.invocations, otlp);
         }
         OtlpTarget::External(url) => println!(
             "{:<LABEL$}      -  (sent to {url}, OTEL_EXPORTER_OTLP_ENDPOINT set by the user)",

@@ -697,6 +697,8 @@ pub struct OtlpStats {
     invocation_traces: HashMap<String, (usize, Vec<u8>)>,
     /// Log records naming an invocation: (invocation id, trace id).
     log_traces: Vec<(String, Vec<u8>)>,
+    /// The latest cumulative value per metric name and resource.
+    cumulative_by_source: HashMap<(String, String), f64>,
     joins_truncated: bool,
 }
 
@@ -828,13 +830,15 @@ impl OtlpStats {
 
     /// Adds the metrics of one export.
     pub fn add_metrics(&mut self, metrics: impl IntoIterator<Item = (Resource, Metric)>) {
-        // Values of this export per name (a name may come in several scopes or resources).
-        let mut export: BTreeMap<String, (MetricKind, Option<bool>, f64, String)> = BTreeMap::new();
-        for (_, m) in metrics {
+        // Values of this export per name and resource (a name may come in several scopes).
+        type Key = (String, String);
+        let mut export: BTreeMap<Key, (MetricKind, Option<bool>, f64, String)> = BTreeMap::new();
+        for (resource, m) in metrics {
             self.metric_points += 1;
             let (kind, delta, value) = metric_value(&m);
+            let source = format!("{:?}", resource.attributes);
             let e = export
-                .entry(m.name)
+                .entry((m.name, source))
                 .or_insert((kind, delta, 0.0, m.unit.clone()));
             e.2 = if kind == MetricKind::Gauge {
                 e.2.max(value)
@@ -842,19 +846,38 @@ impl OtlpStats {
                 e.2 + value
             };
         }
-        for (name, (kind, delta, value, unit)) in export {
-            let s = self.metrics.entry(name).or_insert(MetricSummary {
+        let mut counted = BTreeSet::new();
+        for ((name, source), (kind, delta, value, unit)) in export {
+            let s = self.metrics.entry(name.clone()).or_insert(MetricSummary {
                 unit,
                 kind,
                 delta,
                 exports: 0,
                 value: 0.0,
             });
-            s.exports += 1;
-            s.value = if delta == Some(true) {
-                s.value + value
-            } else {
-                value
+            if counted.insert(name.clone()) {
+                s.exports += 1;
+            }
+            s.value = match (kind, delta) {
+                (_, Some(true)) => s.value + value,
+                (MetricKind::Gauge, _) => value,
+                // Cumulative: each resource (a fleet's environment) has its own running total;
+                // the summary is their sum, each resource's latest value counted once.
+                _ => {
+                    let tracked = self.cumulative_by_source.len();
+                    let key = (name, source);
+                    match self.cumulative_by_source.get_mut(&key) {
+                        Some(previous) => {
+                            let before = std::mem::replace(previous, value);
+                            s.value + value - before
+                        }
+                        None if tracked < JOINS_TRACKED => {
+                            self.cumulative_by_source.insert(key, value);
+                            s.value + value
+                        }
+                        None => value,
+                    }
+                }
             };
         }
     }

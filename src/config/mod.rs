@@ -147,6 +147,8 @@ pub const DEFAULT_FLUSH_MAX_DELAY: Duration = Duration::from_millis(2_000);
 /// Under Managed Instances delivery runs on this timer by default: with the Telemetry API's
 /// buffering window and a round trip, telemetry is at the endpoints within about a second.
 pub const DEFAULT_MANAGED_INSTANCES_INTERVAL: Duration = Duration::from_millis(1_000);
+/// The shortest delivery timer interval under Managed Instances.
+const MIN_TIMER_INTERVAL: Duration = Duration::from_millis(100);
 /// Sized for a 128 MB function: 8 MiB of queued telemetry at most, and room for two of the
 /// largest POSTs Lambda sends (maxItems ≤ 10,000).
 pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 20_000;
@@ -292,24 +294,40 @@ fn flush_policy(env: &mut Env, model: ExecutionModel) -> FlushPolicy {
     } else {
         FlushPolicy::Adaptive
     };
+    let allowed = if managed {
+        "adaptive, periodic:<ms> (ms ≥ 100) or shutdown under Lambda Managed Instances (no \
+         invocation end reaches an extension there)"
+    } else {
+        "adaptive, end, periodic:<ms> (ms ≥ 1) or shutdown"
+    };
     let parsed = env.parse(
         "BRIDGE_FLUSH",
         parse_flush_policy,
-        "adaptive, end, periodic:<ms> (ms ≥ 1) or shutdown",
+        allowed,
         format!("using {default}"),
     );
     match parsed {
         None => default,
         Some(FlushPolicy::Adaptive) if managed => default,
-        Some(FlushPolicy::End) if managed => {
+        Some(policy @ FlushPolicy::End) if managed => {
             env.issue(
                 "BRIDGE_FLUSH",
-                "end",
-                "adaptive, periodic:<ms> or shutdown under Lambda Managed Instances (no invocation \
-                 end reaches an extension there)",
+                policy.to_string(),
+                allowed,
                 format!("using {default}"),
             );
             default
+        }
+        // A timer that fires every few milliseconds would spend the CPU it is meant to save.
+        Some(policy @ FlushPolicy::Periodic(every)) if managed && every < MIN_TIMER_INTERVAL => {
+            let floor = FlushPolicy::Periodic(MIN_TIMER_INTERVAL);
+            env.issue(
+                "BRIDGE_FLUSH",
+                policy.to_string(),
+                allowed,
+                format!("using {floor}"),
+            );
+            floor
         }
         Some(policy) => policy,
     }

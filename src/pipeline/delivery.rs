@@ -23,6 +23,7 @@ pub const MAX_BACKGROUND: usize = 4;
 
 enum Order {
     Kick,
+    Tick,
     Flush {
         reason: FlushReason,
         deadline: Instant,
@@ -61,6 +62,16 @@ impl Delivery {
     pub fn kick(&self) {
         if self.pipeline.has_pending() {
             let _ = self.orders.send(Order::Kick);
+        }
+    }
+
+    /// A tick of the delivery timer (Managed Instances): delivers what is queued, and what a
+    /// sink still holds from earlier flushes (an export that failed or was skipped), unless the
+    /// last flush beside the lifecycle delivered nothing it was offered less than a flush
+    /// timeout ago (an endpoint down: each tick would encode the backlog again).
+    pub fn tick(&self) {
+        if self.pipeline.has_pending() || self.pipeline.sinks_have_backlog() {
+            let _ = self.orders.send(Order::Tick);
         }
     }
 
@@ -188,7 +199,13 @@ async fn run(
                 }
             }
             order = orders.recv() => match order {
-                Some(Order::Kick) if draining => {}
+                Some(Order::Kick | Order::Tick) if draining => {}
+                Some(Order::Tick) => {
+                    let paused = pressure_paused_until.is_some_and(|until| Instant::now() < until);
+                    if !paused && !flights.start_background() {
+                        kick_waiting = true;
+                    }
+                }
                 Some(Order::Kick) => {
                     if !flights.start_background() {
                         kick_waiting = true;

@@ -91,6 +91,12 @@ pub trait Sink: Send + Sync {
 
     /// Delivers a prefix of `events`, reporting progress through `ctx.mark_done`.
     fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()>;
+
+    /// Whether it holds data of its own that is not delivered yet (events it took and mapped):
+    /// a flush beside the lifecycle then reaches it even with no new events.
+    fn has_backlog(&self) -> bool {
+        false
+    }
 }
 
 /// What one flush achieved, per sink.
@@ -162,6 +168,11 @@ impl Pipeline {
         (0..self.sinks.len()).any(|i| queue.has_pending_for(i))
     }
 
+    /// Whether a sink holds undelivered data of its own (see [`Sink::has_backlog`]).
+    pub fn sinks_have_backlog(&self) -> bool {
+        self.sinks.iter().any(|s| s.has_backlog())
+    }
+
     /// When the oldest event some sink has not delivered arrived.
     pub fn oldest_undelivered_since(&self) -> Option<Instant> {
         self.queue().oldest_undelivered_since()
@@ -193,7 +204,9 @@ impl Pipeline {
                 // data of its own (OTLP's mapped spans, logs and metrics) to send before a freeze.
                 let events: &[Event] = match taken {
                     Some(taken) => &taken.events,
-                    None if reason == FlushReason::Background => return false,
+                    None if reason == FlushReason::Background && !sink.has_backlog() => {
+                        return false
+                    }
                     None => &[],
                 };
                 let ctx = FlushContext {

@@ -355,6 +355,13 @@ fn managed_instances_is_detected_and_flushes_on_a_timer() {
         c.flush_policy,
         FlushPolicy::Periodic(std::time::Duration::from_millis(1_000))
     );
+    let (c, issues) = load(&[mi, ("BRIDGE_FLUSH", "periodic:5")]);
+    assert_eq!(issues.len(), 1);
+    assert!(issues[0].to_string().contains("periodic:100"));
+    assert_eq!(
+        c.flush_policy,
+        FlushPolicy::Periodic(std::time::Duration::from_millis(100))
+    );
     // The default model is unchanged: adaptive by default, end accepted.
     for init in ["on-demand", "snap-start", "provisioned-concurrency"] {
         let (c, issues) = load(&[

@@ -498,4 +498,12 @@ impl Sink for OtlpSink {
     fn flush<'a>(&'a self, events: &'a [Event], ctx: FlushContext<'a>) -> BoxFuture<'a, ()> {
         Box::pin(self.state().deliver(events, ctx))
     }
+
+    fn has_backlog(&self) -> bool {
+        self.state.get().is_some_and(|state| {
+            !lock(&state.spans).is_empty()
+                || !lock(&state.logs).is_empty()
+                || !lock(&state.metrics).is_empty()
+        })
+    }
 }

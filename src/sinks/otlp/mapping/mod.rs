@@ -42,8 +42,11 @@ const MAX_OPEN_INVOCATIONS: usize = 4096;
 /// Lambda's longest function timeout; Managed Instances does not enforce one, so an invocation
 /// whose report never comes is closed after this (by the time of the events that follow).
 const MAX_OPEN_AGE: Duration = Duration::from_secs(15 * 60);
-/// Ended invocations remembered for log records that arrive after their report.
+/// Ended invocations remembered, so that an event delivered again (a batch Lambda retried) makes
+/// no second span and counts nothing twice, and, under Managed Instances, for log records that
+/// arrive after their report (several invocations end close together there).
 const RECENTLY_ENDED: usize = 256;
+const RECENTLY_ENDED_DEFAULT_MODEL: usize = 16;
 /// `initializationType` of Lambda Managed Instances.
 const MANAGED_INSTANCES: &str = "lambda-managed-instances";
 /// The invocation span's and its log records' tenant attribute. No OpenTelemetry convention
@@ -351,10 +354,16 @@ impl Mapper {
         let Some(invocation) = self.invocations.remove(request_id) else {
             return;
         };
-        if self.ended_order.len() >= RECENTLY_ENDED {
-            if let Some(old) = self.ended_order.pop_front() {
-                self.recently_ended.remove(&old);
-            }
+        let keep = if self.managed_instances {
+            RECENTLY_ENDED
+        } else {
+            RECENTLY_ENDED_DEFAULT_MODEL
+        };
+        while self.ended_order.len() >= keep {
+            match self.ended_order.pop_front() {
+                Some(old) => self.recently_ended.remove(&old),
+                None => break,
+            };
         }
         self.recently_ended
             .insert(request_id.to_string(), LogJoin::from(&invocation));
@@ -375,7 +384,23 @@ impl Mapper {
         }
     }
 
+    /// An event of an invocation that has already ended: delivered again (or, under Managed
+    /// Instances, a report after the invocation was let go as incomplete). It is not mapped.
+    fn already_ended(&self, request_id: &str) -> bool {
+        let ended = self.recently_ended.contains_key(request_id);
+        if ended {
+            tracing::debug!(
+                request_id,
+                "OTLP: an event of an ended invocation; not mapped again"
+            );
+        }
+        ended
+    }
+
     fn on_start(&mut self, record: StartRecord, time: SystemTime) {
+        if self.already_ended(&record.request_id) {
+            return;
+        }
         let invocation = self.invocation(&record.request_id, record.tracing.as_ref(), time);
         invocation.start = Some(time);
         invocation.version = record.version;
@@ -386,6 +411,9 @@ impl Mapper {
     }
 
     fn on_runtime_done(&mut self, record: RuntimeDoneRecord, time: SystemTime) {
+        if self.already_ended(&record.request_id) {
+            return;
+        }
         self.instruments.record_runtime_done(&record);
         if self.current.as_deref() == Some(record.request_id.as_str()) {
             self.current = None;
@@ -489,6 +517,9 @@ impl Mapper {
     }
 
     fn on_report(&mut self, record: ReportRecord, time: SystemTime) {
+        if self.already_ended(&record.request_id) {
+            return;
+        }
         self.instruments.record_report(&record, &self.pricing);
         let total_ms = record.metrics.duration_ms;
         let known = self.invocations.contains_key(&record.request_id);

@@ -289,3 +289,34 @@ fn the_default_model_joins_a_log_without_request_id_to_the_running_invocation() 
         Some(TraceId::from_hex("5759e988bd862e3fe1be46a994272793").expect("hex"))
     );
 }
+
+#[test]
+fn a_report_delivered_again_makes_no_second_span_on_either_model() {
+    for managed in [false, true] {
+        let mut m = mapper_for(managed, false);
+        m.map(&mi_start("a", "2026-01-01T00:00:00.000Z", "t"));
+        m.map(&mi_report("a", "2026-01-01T00:00:00.050Z", "success", 50.0));
+        m.map(&mi_report("a", "2026-01-01T00:00:00.050Z", "success", 50.0));
+        m.map(&mi_start("a", "2026-01-01T00:00:00.000Z", "t"));
+        let spans = m.take().spans;
+        assert_eq!(server_spans(&spans).len(), 1, "managed: {managed}");
+        assert!(m.invocations.is_empty(), "nothing left open");
+    }
+}
+
+#[test]
+fn a_report_after_its_invocation_was_let_go_is_not_a_second_span() {
+    let mut m = mapper_for(true, false);
+    m.map(&mi_start("slow", "2026-01-01T00:00:00.000Z", "t"));
+    m.map(&mi_start("other", "2026-01-01T00:16:00.000Z", "t"));
+    m.map(&mi_report(
+        "slow",
+        "2026-01-01T00:17:00.000Z",
+        "success",
+        1_020_000.0,
+    ));
+    let spans = m.take().spans;
+    let server = server_spans(&spans);
+    assert_eq!(server.len(), 1, "the incomplete span only");
+    assert!(attribute(server[0], "aws.lambda.incomplete").is_some());
+}

@@ -1,0 +1,728 @@
+//! The dashboards' numbers for a fleet, against a real Prometheus.
+//!
+//! A fleet of execution environments (each its own bridge process with its own log stream, i.e.
+//! `faas.instance`), for three function versions of two functions, with churn (environments shut
+//! down and new ones cold-start during the run), exports OTLP to one receiver and pushes its
+//! self-metrics to a real Pushgateway. A real Prometheus scrapes both. The OpenTelemetry
+//! Collector cannot run here, so the receiver's exposition stands in for the collector's
+//! `prometheus` exporter as `deploy/otel-collector.yaml` configures it (`lambda_sim::prometheus`:
+//! its naming rules, resource attributes as labels, the latest cumulative point per series, a
+//! series not updated within `metric_expiration` dropped). Then every query of every panel of
+//! both dashboards is evaluated through Prometheus's HTTP API and compared with what the
+//! simulator sent; a panel whose number cannot be checked says why below.
+//!
+//! Ignored by default (it needs Debian's `prometheus` and `prometheus-pushgateway`); `.ci/run`
+//! installs them and runs it with `cargo test --test fleet_dashboards -- --ignored`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{block_on, bridge_binary, dead_port, http_blocking};
+use lambda_sim::fleet::{self, FleetConfig, FleetFunction, FleetReport};
+use lambda_sim::prometheus::{exposition_of, ExpositionServer};
+use lambda_sim::{Behaviour, RecordingEndpoint, SimConfig, SimReport};
+use serde_json::Value;
+
+/// The stand-in collector's `metric_expiration` (long enough to outlive the test).
+const EXPIRATION: Duration = Duration::from_secs(300);
+/// Prometheus's scrape interval here.
+const SCRAPE: Duration = Duration::from_secs(1);
+/// Step of the range queries, and `$__interval` in them.
+const STEP_S: u64 = 2;
+/// The bridge's prices (x86_64) and the bucket bounds its histograms use.
+const PRICE_GB_SECOND: f64 = 0.0000166667;
+const PRICE_REQUEST: f64 = 0.0000002;
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+const MIB: f64 = 1024.0 * 1024.0;
+const MEMORY_BUCKETS: [f64; 11] = [
+    64.0 * MIB,
+    128.0 * MIB,
+    256.0 * MIB,
+    512.0 * MIB,
+    1024.0 * MIB,
+    2048.0 * MIB,
+    3072.0 * MIB,
+    4096.0 * MIB,
+    6144.0 * MIB,
+    8192.0 * MIB,
+    10240.0 * MIB,
+];
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(program: &str, args: &[String]) -> Server {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program} must be installed (apt-get install -y prometheus prometheus-pushgateway): {e}")
+        });
+    Server(child)
+}
+
+/// A blocking GET, run off the runtime's thread so that the stand-in keeps serving scrapes.
+async fn get(port: u16, path: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || http_blocking(port, "GET", &path, b""))
+        .await
+        .unwrap_or((0, String::new()))
+}
+
+async fn wait_until_up(port: u16, path: &str) {
+    for _ in 0..200 {
+        if get(port, path.to_string()).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server on port {port} did not come up");
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A series of a query's answer: its labels and its values (one for an instant query).
+#[derive(Debug, Clone)]
+struct Series {
+    labels: BTreeMap<String, String>,
+    values: Vec<f64>,
+}
+
+struct Prometheus {
+    port: u16,
+}
+
+impl Prometheus {
+    async fn api(&self, path: String) -> Value {
+        let (status, body) = get(self.port, path).await;
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert!(
+            status == 200 && answer["status"] == "success",
+            "Prometheus answered {status}: {body}"
+        );
+        answer["data"].clone()
+    }
+
+    fn series(data: &Value) -> Vec<Series> {
+        let result = data["result"].as_array().cloned().unwrap_or_default();
+        result
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let points: Vec<&Value> = match r.get("values").and_then(Value::as_array) {
+                    Some(values) => values.iter().collect(),
+                    None => vec![&r["value"]],
+                };
+                let values = points
+                    .iter()
+                    .filter_map(|p| p[1].as_str().and_then(|v| v.parse::<f64>().ok()))
+                    .collect();
+                Series { labels, values }
+            })
+            .collect()
+    }
+
+    async fn instant(&self, expr: &str, time: f64) -> Vec<Series> {
+        let data = self
+            .api(format!(
+                "/api/v1/query?query={}&time={time:.3}",
+                percent_encode(expr)
+            ))
+            .await;
+        Self::series(&data)
+    }
+
+    async fn range(&self, expr: &str, start: f64, end: f64, step: u64) -> Vec<Series> {
+        let data = self
+            .api(format!(
+                "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+                percent_encode(expr)
+            ))
+            .await;
+        Self::series(&data)
+    }
+}
+
+/// A choice of the dashboards' `Function` and `Version` variables.
+#[derive(Debug, Clone)]
+struct Selection {
+    function: &'static str,
+    version: &'static str,
+}
+
+impl Selection {
+    fn matches(&self, f: &FleetFunction) -> bool {
+        (self.function == ".+" || self.function == f.name)
+            && (self.version == ".+" || self.version == f.version)
+    }
+
+    fn substitute(&self, expr: &str, range_s: u64, interval_s: u64) -> String {
+        expr.replace("$function", self.function)
+            .replace("$version", self.version)
+            .replace("$job", ".+")
+            .replace("$__range", &format!("{range_s}s"))
+            .replace("$__interval_ms", &(interval_s * 1000).to_string())
+            .replace("$__rate_interval", &format!("{interval_s}s"))
+            .replace("$__interval", &format!("{interval_s}s"))
+    }
+}
+
+/// What the simulator sent, for one selection.
+#[derive(Debug, Default)]
+struct Sent {
+    environments: usize,
+    success: usize,
+    errors_by_type: BTreeMap<String, usize>,
+    timeouts: usize,
+    durations_s: Vec<f64>,
+    billed_s: Vec<f64>,
+    memory_size: f64,
+    used_bytes: Vec<f64>,
+    utilisation: Vec<f64>,
+    cost: f64,
+    init_s: Vec<f64>,
+    extension_overhead_s: Vec<f64>,
+    events_by_type: BTreeMap<String, usize>,
+    telemetry_posts: usize,
+}
+
+impl Sent {
+    fn invocations(&self) -> usize {
+        self.success + self.errors_by_type.values().sum::<usize>() + self.timeouts
+    }
+
+    fn add(&mut self, report: &SimReport) {
+        self.environments += 1;
+        let mut runtime_ms: BTreeMap<String, f64> = BTreeMap::new();
+        for event in &report.events_sent {
+            let record = &event["record"];
+            let kind = event["type"].as_str().unwrap_or("");
+            *self.events_by_type.entry(kind.to_string()).or_insert(0) += 1;
+            match kind {
+                "platform.runtimeDone" => {
+                    let ms = record["metrics"]["durationMs"]
+                        .as_f64()
+                        .expect("durationMs");
+                    runtime_ms.insert(record["requestId"].as_str().unwrap_or("").into(), ms);
+                    self.durations_s.push(ms / 1000.0);
+                    match record["status"].as_str() {
+                        Some("success") => self.success += 1,
+                        Some("timeout") => self.timeouts += 1,
+                        Some(other) => {
+                            let error = record["errorType"].as_str().unwrap_or(other);
+                            *self.errors_by_type.entry(error.to_string()).or_insert(0) += 1;
+                        }
+                        None => panic!("a runtimeDone without status"),
+                    }
+                }
+                "platform.report" => {
+                    let m = &record["metrics"];
+                    let billed = m["billedDurationMs"].as_f64().expect("billed");
+                    let size = m["memorySizeMB"].as_f64().expect("memory size");
+                    let used = m["maxMemoryUsedMB"].as_f64().expect("memory used");
+                    self.billed_s.push(billed / 1000.0);
+                    self.memory_size = self.memory_size.max(size * MIB);
+                    self.used_bytes.push(used * MIB);
+                    self.utilisation.push(used / size);
+                    self.cost += billed / 1000.0 * size / 1024.0 * PRICE_GB_SECOND + PRICE_REQUEST;
+                    if let Some(runtime) =
+                        runtime_ms.get(record["requestId"].as_str().unwrap_or(""))
+                    {
+                        let total = m["durationMs"].as_f64().expect("durationMs");
+                        self.extension_overhead_s
+                            .push((total - runtime).max(0.0) / 1000.0);
+                    }
+                }
+                "platform.initReport" => {
+                    let ms = record["metrics"]["durationMs"].as_f64().expect("init");
+                    self.init_s.push(ms / 1000.0);
+                }
+                _ => {}
+            }
+        }
+        self.telemetry_posts += report
+            .telemetry_posts
+            .iter()
+            .filter(|p| p.status.is_some_and(|s| (200..300).contains(&s)))
+            .count();
+    }
+}
+
+fn sent(fleet: &FleetReport, selection: &Selection) -> Sent {
+    let mut sent = Sent::default();
+    for environment in &fleet.environments {
+        if selection.matches(&environment.spec.function) {
+            sent.add(environment.report().expect("a report"));
+        }
+    }
+    sent
+}
+
+/// The bucket `[lower, upper]` holding the `q` quantile of `values` (`histogram_quantile`
+/// interpolates inside it).
+fn quantile_bucket(values: &[f64], q: f64, bounds: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    let value = sorted[rank - 1];
+    let mut lower = 0.0;
+    for bound in bounds {
+        if value <= *bound {
+            return (lower, *bound);
+        }
+        lower = *bound;
+    }
+    (lower, lower) // the +Inf bucket: Prometheus answers its lower bound
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9_f64.max(b.abs() * 1e-6)
+}
+
+/// One query of a dashboard: where it is and its PromQL.
+struct PanelQuery {
+    dashboard: String,
+    panel: String,
+    ref_id: String,
+    expr: String,
+}
+
+fn panel_queries(file: &str) -> Vec<PanelQuery> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dashboards")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("a dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("JSON");
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            out.push(PanelQuery {
+                dashboard: file.to_string(),
+                panel: panel["title"].as_str().unwrap_or("?").to_string(),
+                ref_id: target["refId"].as_str().unwrap_or("?").to_string(),
+                expr: target["expr"].as_str().expect("expr").to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The sum of every value of every series (a count per interval, summed over the graph).
+fn total(series: &[Series]) -> f64 {
+    series.iter().flat_map(|s| s.values.iter()).sum()
+}
+
+fn only(series: &[Series], what: &str) -> f64 {
+    assert_eq!(
+        series.len(),
+        1,
+        "{what}: one series expected, got {series:?}"
+    );
+    assert_eq!(series[0].values.len(), 1, "{what}: {series:?}");
+    series[0].values[0]
+}
+
+fn by_label(series: &[Series], label: &str, scale: f64) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for s in series {
+        let key = s.labels.get(label).cloned().unwrap_or_default();
+        *out.entry(key).or_insert(0.0) += s.values.iter().sum::<f64>() * scale;
+    }
+    out
+}
+
+fn as_f64(counts: &BTreeMap<String, usize>) -> BTreeMap<String, f64> {
+    counts.iter().map(|(k, v)| (k.clone(), *v as f64)).collect()
+}
+
+fn assert_within(what: &str, got: f64, (lower, upper): (f64, f64)) {
+    assert!(
+        got >= lower - 1e-9 && got <= upper + 1e-9,
+        "{what}: {got} is outside the bucket [{lower}, {upper}] holding the simulated value"
+    );
+}
+
+#[test]
+#[ignore = "needs the prometheus and prometheus-pushgateway binaries (installed by .ci/run)"]
+fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
+    block_on(async {
+        let collector = Arc::new(
+            RecordingEndpoint::start(Behaviour::ok())
+                .await
+                .expect("collector"),
+        );
+        let sink = Arc::new(
+            RecordingEndpoint::start(Behaviour::ok())
+                .await
+                .expect("sink"),
+        );
+        let exposition = {
+            let collector = collector.clone();
+            ExpositionServer::start(move || exposition_of(&collector.requests(), EXPIRATION))
+                .await
+                .expect("the collector's stand-in")
+        };
+        let gateway_port = dead_port();
+        let _gateway = start(
+            "prometheus-pushgateway",
+            &[format!("--web.listen-address=127.0.0.1:{gateway_port}")],
+        );
+        let prom_port = dead_port();
+        let dir = std::env::temp_dir().join(format!("ltb-fleet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config_file = dir.join("prometheus.yml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "global:\n  scrape_interval: {}s\nscrape_configs:\n  - job_name: otel-collector\n    static_configs:\n      - targets: ['{}']\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{gateway_port}']\n",
+                SCRAPE.as_secs(),
+                exposition.addr
+            ),
+        )
+        .expect("config");
+        let _prometheus = start(
+            "prometheus",
+            &[
+                format!("--config.file={}", config_file.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            ],
+        );
+        wait_until_up(prom_port, "/-/ready").await;
+        wait_until_up(gateway_port, "/-/ready").await;
+        let prometheus = Prometheus { port: prom_port };
+        // Whole seconds, so that range queries' steps fall on the same instants as the tiles.
+        let started = unix_now().floor() - 1.0;
+
+        let (raw_url, otlp_url) = (sink.url(), collector.url());
+        let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        let fleet = fleet::run(FleetConfig {
+            slots: 4,
+            functions: vec![
+                FleetFunction::new("orders", "1"),
+                FleetFunction::new("billing", "7"),
+                FleetFunction::new("orders", "2"),
+                FleetFunction::new("billing", "7"),
+            ],
+            invocations: 72,
+            lifetime: 6,
+            stagger: Duration::from_millis(400),
+            template: Box::new(move |spec| SimConfig {
+                extension_path: bridge_binary(),
+                extension_env: vec![
+                    ("DISPATCH_POST_URI".into(), raw_url.clone()),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), otlp_url.clone()),
+                    ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
+                    ("BRIDGE_PUSHGATEWAY_URL".into(), gateway_url.clone()),
+                    ("BRIDGE_ARCHITECTURE".into(), "x86_64".into()),
+                ],
+                memory_mb: if spec.function.name == "orders" {
+                    256
+                } else {
+                    128
+                },
+                runtime_init_ms: 60,
+                invoke_duration_ms: 40,
+                between_invokes_ms: 60,
+                error_every: Some(4),
+                out_of_memory_every: Some(9),
+                timeout_every: Some(5),
+                function_timeout_ms: 300,
+                ..SimConfig::default()
+            }),
+            ..FleetConfig::default()
+        })
+        .await;
+        assert!(fleet.clean(), "{:?}", fleet.unclean);
+        assert_eq!(fleet.invocations(), 72);
+        assert_eq!(fleet.environments_started(), 12, "churn: three per slot");
+        assert!(fleet.max_alive >= 3, "environments overlapped");
+        let events: usize = fleet.events_sent();
+        assert_eq!(
+            sink.received_events().len(),
+            events,
+            "every event once at the raw endpoint"
+        );
+
+        // Let Prometheus scrape the last exports and pushes (a few scrape intervals), then
+        // evaluate at a whole second.
+        tokio::time::sleep(SCRAPE * 4).await;
+        let end = unix_now().floor();
+        let range_s = (end - started) as u64 + 1;
+        let steps_end = started + (range_s.div_ceil(STEP_S) * STEP_S) as f64;
+
+        // The variables list both functions, and the versions of one.
+        let functions: BTreeSet<String> = prometheus
+            .instant(
+                "group by (faas_name) (last_over_time(faas_invocations_total[1h]))",
+                end,
+            )
+            .await
+            .iter()
+            .filter_map(|s| s.labels.get("faas_name").cloned())
+            .collect();
+        assert_eq!(
+            functions,
+            BTreeSet::from(["billing".into(), "orders".into()])
+        );
+
+        let selections = [
+            Selection {
+                function: ".+",
+                version: ".+",
+            },
+            Selection {
+                function: "orders",
+                version: ".+",
+            },
+            Selection {
+                function: "orders",
+                version: "2",
+            },
+            Selection {
+                function: "billing",
+                version: ".+",
+            },
+        ];
+        let mut checked = BTreeSet::new();
+        for selection in &selections {
+            let expected = sent(&fleet, selection);
+            assert!(expected.environments > 0, "{selection:?} selects nothing");
+            let what = |q: &PanelQuery| {
+                format!("{} > {} {} {selection:?}", q.dashboard, q.panel, q.ref_id)
+            };
+            for query in panel_queries("lambda-overview.json") {
+                let name = what(&query);
+                // Over the whole range, as a stat panel shows it (and a graph's whole span).
+                let whole = selection.substitute(&query.expr, range_s, range_s);
+                let at_end = prometheus.instant(&whole, end).await;
+                // As a graph draws it: one point per interval, the intervals tiling the run.
+                let tiled = prometheus
+                    .range(
+                        &selection.substitute(&query.expr, range_s, STEP_S),
+                        started + STEP_S as f64,
+                        steps_end,
+                        STEP_S,
+                    )
+                    .await;
+                let success = expected.success as f64;
+                let timeouts = expected.timeouts as f64;
+                let errors = as_f64(&expected.errors_by_type);
+                match (query.panel.as_str(), query.ref_id.as_str()) {
+                    ("Invocations in range", _) => {
+                        assert_eq!(only(&at_end, &name), expected.invocations() as f64, "{name}")
+                    }
+                    ("Failed share", _) => {
+                        let failed = expected.invocations() - expected.success;
+                        let share = failed as f64 / expected.invocations() as f64;
+                        assert!(close(only(&at_end, &name), share), "{name}: {at_end:?} vs {share}");
+                    }
+                    ("Cold starts in range", _) => {
+                        assert_eq!(only(&at_end, &name), expected.environments as f64, "{name}: one per environment")
+                    }
+                    ("Invoke duration p95", _) => assert_within(
+                        &name,
+                        only(&at_end, &name),
+                        quantile_bucket(&expected.durations_s, 0.95, &DURATION_BUCKETS),
+                    ),
+                    ("Memory size", _) => assert_eq!(only(&at_end, &name), expected.memory_size, "{name}"),
+                    ("Cost in range", _) => {
+                        assert!(close(only(&at_end, &name), expected.cost), "{name}: {at_end:?} vs {}", expected.cost)
+                    }
+                    ("Invocations", "A") => {
+                        assert!(close(total(&at_end) * range_s as f64, success), "{name}");
+                        assert!(close(total(&tiled) * STEP_S as f64, success), "{name}: per interval {tiled:?}");
+                    }
+                    ("Invocations", "B") => {
+                        let got = by_label(&tiled, "error_type", STEP_S as f64);
+                        assert_eq!(round(&got), errors, "{name}");
+                        for (k, v) in got {
+                            assert!(close(v, errors[&k]), "{name}: {k} {v}");
+                        }
+                    }
+                    ("Invocations", "C") | ("Errors and timeouts", "B") => {
+                        let scale = if query.panel == "Invocations" { STEP_S as f64 } else { 1.0 };
+                        assert!(close(total(&tiled) * scale, timeouts), "{name}: {tiled:?} vs {timeouts}");
+                    }
+                    ("Errors and timeouts", "A") => {
+                        assert_eq!(by_label(&tiled, "error_type", 1.0), errors, "{name}");
+                        assert_eq!(by_label(&at_end, "error_type", 1.0), errors, "{name} (whole range)");
+                    }
+                    ("Invoke duration p50 / p95 / p99", r) => {
+                        let q = match r { "A" => 0.5, "B" => 0.95, _ => 0.99 };
+                        assert_within(&name, only(&at_end, &name), quantile_bucket(&expected.durations_s, q, &DURATION_BUCKETS));
+                    }
+                    ("Cold starts", _) => {
+                        assert_eq!(total(&tiled), expected.environments as f64, "{name}: per interval");
+                    }
+                    ("Init duration", "A") => {
+                        assert!(close(only(&at_end, &name), mean(&expected.init_s)), "{name}: {at_end:?}")
+                    }
+                    ("Init duration", _) => assert_within(
+                        &name,
+                        only(&at_end, &name),
+                        quantile_bucket(&expected.init_s, 0.99, &DURATION_BUCKETS),
+                    ),
+                    ("Memory used vs memory size", "A") => {
+                        assert_eq!(only(&at_end, &name), expected.memory_size, "{name}")
+                    }
+                    ("Memory used vs memory size", "B") => {
+                        assert!(close(only(&at_end, &name), mean(&expected.used_bytes)), "{name}")
+                    }
+                    ("Memory used vs memory size", _) => assert_within(
+                        &name,
+                        only(&at_end, &name),
+                        quantile_bucket(&expected.used_bytes, 0.99, &MEMORY_BUCKETS),
+                    ),
+                    ("Memory utilisation", _) => {
+                        assert!(close(only(&at_end, &name), mean(&expected.utilisation)), "{name}")
+                    }
+                    ("Billed duration vs invoke duration", "A") => {
+                        assert!(close(only(&at_end, &name), mean(&expected.billed_s)), "{name}")
+                    }
+                    ("Billed duration vs invoke duration", "B") => assert_within(
+                        &name,
+                        only(&at_end, &name),
+                        quantile_bucket(&expected.billed_s, 0.99, &DURATION_BUCKETS),
+                    ),
+                    ("Billed duration vs invoke duration", _) => {
+                        assert!(close(only(&at_end, &name), mean(&expected.durations_s)), "{name}")
+                    }
+                    ("Estimated cost", _) => {
+                        // USD per hour at each interval's rate, summed back to USD.
+                        let usd = total(&tiled) * STEP_S as f64 / 3600.0;
+                        assert!(close(usd, expected.cost), "{name}: {usd} vs {}", expected.cost);
+                    }
+                    (panel, r) => panic!("{name}: no check for this panel ({panel} {r}); add one, or say why it cannot be checked"),
+                }
+                checked.insert(format!(
+                    "{} > {} {}",
+                    query.dashboard, query.panel, query.ref_id
+                ));
+            }
+        }
+
+        // The bridges' own metrics, pushed by every environment at its shutdown.
+        let everything = sent(&fleet, &selections[0]);
+        let raw_requests = sink.requests();
+        let raw_posts = raw_requests.iter().filter(|r| r.succeeded()).count() as f64;
+        for query in panel_queries("bridge-health.json") {
+            let name = format!("{} > {} {}", query.dashboard, query.panel, query.ref_id);
+            let whole = selections[0].substitute(&query.expr, range_s, range_s);
+            let at_end = prometheus.instant(&whole, end).await;
+            let tiled = prometheus
+                .range(
+                    &selections[0].substitute(&query.expr, range_s, STEP_S),
+                    started + STEP_S as f64,
+                    steps_end,
+                    STEP_S,
+                )
+                .await;
+            match (query.panel.as_str(), query.ref_id.as_str()) {
+                ("Invocations handled", _) => {
+                    assert_eq!(only(&at_end, &name), everything.invocations() as f64, "{name}")
+                }
+                ("Events received", _) => assert_eq!(only(&at_end, &name), events as f64, "{name}"),
+                ("Items dropped", _) | ("Sink failures", _) | ("Failures and retries", _) => {
+                    assert_eq!(total(&at_end), 0.0, "{name}");
+                    assert_eq!(total(&tiled), 0.0, "{name}: per interval");
+                }
+                ("Queue depth", _) => assert_eq!(total(&at_end), 0.0, "{name}: drained at every shutdown"),
+                // The bridge's own timing of its flushes: nothing the simulator sent says what
+                // it should be. Checked only to be a duration.
+                ("Flush duration p99", _) | ("Flush duration", _) => {
+                    for value in at_end.iter().flat_map(|s| &s.values).filter(|v| !v.is_nan()) {
+                        assert!((0.0..=10.0).contains(value), "{name}: {value}");
+                    }
+                }
+                ("Events received by type", _) => {
+                    let mut got = round(&by_label(&tiled, "type", STEP_S as f64));
+                    got.retain(|_, v| *v != 0.0);
+                    assert_eq!(got, as_f64(&everything.events_by_type), "{name}");
+                }
+                ("Telemetry API POSTs and rejections", "A") => assert!(
+                    close(total(&tiled) * STEP_S as f64, everything.telemetry_posts as f64),
+                    "{name}: {} vs {}",
+                    total(&tiled) * STEP_S as f64,
+                    everything.telemetry_posts
+                ),
+                ("Telemetry API POSTs and rejections", _) => assert_eq!(total(&at_end), 0.0, "{name}"),
+                ("Items sent per sink", _) => {
+                    let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
+                    assert!(raw.is_some_and(|r| close(r, events as f64)), "{name}: raw_json {raw:?} vs {events}");
+                }
+                ("Requests per sink", _) => {
+                    let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
+                    assert!(raw.is_some_and(|r| close(r, raw_posts)), "{name}: raw_json {raw:?} vs {raw_posts}");
+                }
+                // Bytes: the bridge counts the bodies it sent, which the raw endpoint received.
+                ("Bytes sent per sink", _) => {
+                    let bytes: usize = raw_requests.iter().filter(|r| r.succeeded()).map(|r| r.body.len()).sum();
+                    let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
+                    assert!(raw.is_some_and(|r| close(r, bytes as f64)), "{name}: raw_json {raw:?} vs {bytes}");
+                }
+                ("Extension overhead per invocation (as Lambda reports it)", r) => {
+                    let q = if r == "A" { 0.5 } else { 0.99 };
+                    assert_within(&name, only(&at_end, &name), quantile_bucket(&everything.extension_overhead_s, q, &DURATION_BUCKETS));
+                }
+                // In a fleet no bridge is scraped (each environment pushes): the `bridge` job of
+                // the local stack does not exist here, the other two are up.
+                ("Scrape targets up", _) => {
+                    let up = by_label(&at_end, "job", 1.0);
+                    assert_eq!(up.get("otel-collector"), Some(&1.0), "{name}: {up:?}");
+                    assert_eq!(up.get("pushgateway"), Some(&1.0), "{name}: {up:?}");
+                }
+                (panel, r) => panic!("{name}: no check for this panel ({panel} {r}); add one, or say why it cannot be checked"),
+            }
+            checked.insert(name);
+        }
+        eprintln!("checked {} panel queries: {checked:#?}", checked.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+fn round(values: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    values.iter().map(|(k, v)| (k.clone(), v.round())).collect()
+}
