@@ -406,6 +406,32 @@ fn dashboard_files() -> Vec<PathBuf> {
     files
 }
 
+/// The metric names a `__name__="…"` or `__name__=~"…"` matcher selects, for the regexes the
+/// dashboards use: a literal, or one group of alternatives (`faas_(invocations|errors)_total`).
+fn metrics_by_name_matcher(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("__name__") {
+        rest = &rest[at + "__name__".len()..];
+        let value = rest
+            .trim_start_matches(['=', '~', ' '])
+            .strip_prefix('"')
+            .and_then(|v| v.split_once('"'))
+            .map(|(v, _)| v);
+        let Some(pattern) = value else { continue };
+        match (pattern.find('('), pattern.find(')')) {
+            (Some(open), Some(close)) if open < close => {
+                let (head, tail) = (&pattern[..open], &pattern[close + 1..]);
+                for alternative in pattern[open + 1..close].split('|') {
+                    out.push(format!("{head}{alternative}{tail}"));
+                }
+            }
+            _ => out.push(pattern.to_string()),
+        }
+    }
+    out
+}
+
 /// Checks every query of every dashboard against `catalogue`; the problems found.
 fn check_dashboards(catalogue: &Catalogue) -> Vec<String> {
     let mut problems = Vec::new();
@@ -425,7 +451,8 @@ fn check_dashboards(catalogue: &Catalogue) -> Vec<String> {
             problems.push(format!("{name}: no panel has a PromQL expression"));
         }
         for q in &queries {
-            let used = names(&q.expr);
+            let mut used = names(&q.expr);
+            used.metrics.extend(metrics_by_name_matcher(&q.expr));
             if used.metrics.is_empty() {
                 problems.push(format!("{}: `{}` names no metric", q.place, q.expr));
             }
@@ -571,6 +598,16 @@ fn names_follow_the_collectors_rules() {
     }
     assert_eq!(label_name("faas.name"), "faas_name");
     assert_eq!(label_name("error.type"), "error_type");
+}
+
+#[test]
+fn name_matchers_select_metrics() {
+    assert_eq!(
+        metrics_by_name_matcher(r#"{__name__=~"faas_(invocations|errors)_total", faas_name="x"}"#),
+        ["faas_invocations_total", "faas_errors_total"]
+    );
+    assert_eq!(metrics_by_name_matcher(r#"{__name__="up"}"#), ["up"]);
+    assert!(metrics_by_name_matcher("sum(up)").is_empty());
 }
 
 #[test]

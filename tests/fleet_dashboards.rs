@@ -24,12 +24,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{block_on, bridge_binary, dead_port, http_blocking};
 use lambda_sim::fleet::{self, FleetConfig, FleetFunction, FleetReport};
-use lambda_sim::prometheus::{exposition_of, ExpositionServer};
+use lambda_sim::prometheus::{ExpositionServer, LiveExposition};
 use lambda_sim::{Behaviour, RecordingEndpoint, SimConfig, SimReport};
 use serde_json::Value;
 
-/// The stand-in collector's `metric_expiration` (long enough to outlive the test).
-const EXPIRATION: Duration = Duration::from_secs(300);
+/// The stand-in collector's `metric_expiration`, scaled down with the environments' lives: the
+/// series of an environment that ended leave the exposition (Prometheus then marks them stale),
+/// and so do, between two exports, those of `billing`'s environments, which export metrics only
+/// at their first invocation and at shutdown, seconds apart.
+const EXPIRATION: Duration = Duration::from_millis(2500);
 /// Prometheus's scrape interval here.
 const SCRAPE: Duration = Duration::from_secs(1);
 /// Step of the range queries, and `$__interval` in them.
@@ -41,6 +44,8 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 const MIB: f64 = 1024.0 * 1024.0;
+/// Environments alive at once; each slot runs two, one after the other.
+const SLOTS: usize = 10;
 const MEMORY_BUCKETS: [f64; 11] = [
     64.0 * MIB,
     128.0 * MIB,
@@ -169,6 +174,30 @@ impl Prometheus {
         Self::series(&data)
     }
 
+    /// What Grafana's `label_values(selector, label)` lists over `[start, end]`.
+    async fn label_values(&self, query: &str, start: f64, end: f64) -> BTreeSet<String> {
+        let args = query
+            .trim()
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not a label_values query: {query}"));
+        let (selector, label) = args
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
+        let data = self
+            .api(format!(
+                "/api/v1/label/{}/values?match%5B%5D={}&start={start:.3}&end={end:.3}",
+                label.trim(),
+                percent_encode(selector.trim())
+            ))
+            .await;
+        data.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
     async fn range(&self, expr: &str, start: f64, end: f64, step: u64) -> Vec<Series> {
         let data = self
             .api(format!(
@@ -187,16 +216,27 @@ struct Selection {
     version: &'static str,
 }
 
+/// Whether a value of a Grafana variable (`.*` for All, `(a|b)` for several, or one value)
+/// selects `value`.
+fn selects(variable: &str, value: &str) -> bool {
+    variable == ".*"
+        || variable == value
+        || variable
+            .strip_prefix('(')
+            .and_then(|v| v.strip_suffix(')'))
+            .is_some_and(|v| v.split('|').any(|one| one == value))
+}
+
 impl Selection {
     fn matches(&self, f: &FleetFunction) -> bool {
-        (self.function == ".+" || self.function == f.name)
-            && (self.version == ".+" || self.version == f.version)
+        selects(self.function, &f.name) && selects(self.version, &f.version)
     }
 
     fn substitute(&self, expr: &str, range_s: u64, interval_s: u64) -> String {
         expr.replace("$function", self.function)
             .replace("$version", self.version)
-            .replace("$job", ".+")
+            // The Pushgateway job: what every bridge of the fleet pushed.
+            .replace("$job", "lambda-telemetry-bridge")
             .replace("$__range", &format!("{range_s}s"))
             .replace("$__interval_ms", &(interval_s * 1000).to_string())
             .replace("$__rate_interval", &format!("{interval_s}s"))
@@ -348,6 +388,25 @@ fn panel_queries(file: &str) -> Vec<PanelQuery> {
     out
 }
 
+/// A dashboard variable's query.
+fn variable_query(file: &str, name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dashboards")
+        .join(file);
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("a dashboard")).expect("JSON");
+    let variable = dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("{file}: no variable {name}"));
+    match &variable["query"] {
+        Value::String(q) => q.clone(),
+        q => q["query"].as_str().expect("a query").to_string(),
+    }
+}
+
 /// The sum of every value of every series (a count per interval, summed over the graph).
 fn total(series: &[Series]) -> f64 {
     series.iter().flat_map(|s| s.values.iter()).sum()
@@ -399,7 +458,8 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         );
         let exposition = {
             let collector = collector.clone();
-            ExpositionServer::start(move || exposition_of(&collector.requests(), EXPIRATION))
+            let live = LiveExposition::new(EXPIRATION);
+            ExpositionServer::start(move || live.render(&collector))
                 .await
                 .expect("the collector's stand-in")
         };
@@ -416,7 +476,7 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         std::fs::write(
             &config_file,
             format!(
-                "global:\n  scrape_interval: {}s\nscrape_configs:\n  - job_name: otel-collector\n    static_configs:\n      - targets: ['{}']\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{gateway_port}']\n",
+                "global:\n  scrape_interval: {}s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: otel-collector\n    static_configs:\n      - targets: ['{}']\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{gateway_port}']\n",
                 SCRAPE.as_secs(),
                 exposition.addr
             ),
@@ -433,52 +493,78 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         wait_until_up(prom_port, "/-/ready").await;
         wait_until_up(gateway_port, "/-/ready").await;
         let prometheus = Prometheus { port: prom_port };
+        // Prometheus hands targets to its scrapers a few seconds after it starts: the fleet
+        // starts once both targets have been scraped, so that no environment ends unseen.
+        let mut scraped = false;
+        for _ in 0..100 {
+            if prometheus.instant("up", unix_now()).await.len() == 2 {
+                scraped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            scraped,
+            "Prometheus did not scrape its two targets within 20 s"
+        );
         // Whole seconds, so that range queries' steps fall on the same instants as the tiles.
         let started = unix_now().floor() - 1.0;
 
         let (raw_url, otlp_url) = (sink.url(), collector.url());
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
         let fleet = fleet::run(FleetConfig {
-            slots: 4,
+            slots: SLOTS,
             functions: vec![
                 FleetFunction::new("orders", "1"),
                 FleetFunction::new("billing", "7"),
                 FleetFunction::new("orders", "2"),
                 FleetFunction::new("billing", "7"),
             ],
-            invocations: 72,
+            invocations: 2 * SLOTS * 6,
             lifetime: 6,
-            stagger: Duration::from_millis(400),
-            template: Box::new(move |spec| SimConfig {
-                extension_path: bridge_binary(),
-                extension_env: vec![
-                    ("DISPATCH_POST_URI".into(), raw_url.clone()),
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), otlp_url.clone()),
-                    ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
-                    ("BRIDGE_PUSHGATEWAY_URL".into(), gateway_url.clone()),
-                    ("BRIDGE_ARCHITECTURE".into(), "x86_64".into()),
-                ],
-                memory_mb: if spec.function.name == "orders" {
-                    256
-                } else {
-                    128
-                },
-                runtime_init_ms: 60,
-                invoke_duration_ms: 40,
-                between_invokes_ms: 60,
-                error_every: Some(4),
-                out_of_memory_every: Some(9),
-                timeout_every: Some(5),
-                function_timeout_ms: 300,
-                ..SimConfig::default()
+            stagger: Duration::from_millis(250),
+            // The two functions differ in memory, duration and pace, so that a query that mixed
+            // them up, or dropped one, would show it.
+            template: Box::new(move |spec| {
+                let orders = spec.function.name == "orders";
+                SimConfig {
+                    extension_path: bridge_binary(),
+                    extension_env: vec![
+                        ("DISPATCH_POST_URI".into(), raw_url.clone()),
+                        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), otlp_url.clone()),
+                        (
+                            "OTEL_METRIC_EXPORT_INTERVAL".into(),
+                            if orders { "500" } else { "60000" }.into(),
+                        ),
+                        ("BRIDGE_PUSHGATEWAY_URL".into(), gateway_url.clone()),
+                        ("BRIDGE_ARCHITECTURE".into(), "x86_64".into()),
+                    ],
+                    memory_mb: if orders { 256 } else { 128 },
+                    runtime_init_ms: 60,
+                    invoke_duration_ms: if orders { 40 } else { 150 },
+                    between_invokes_ms: if orders { 60 } else { 600 },
+                    error_every: Some(4),
+                    out_of_memory_every: Some(5),
+                    timeout_every: Some(6),
+                    function_timeout_ms: 300,
+                    ..SimConfig::default()
+                }
             }),
             ..FleetConfig::default()
         })
         .await;
         assert!(fleet.clean(), "{:?}", fleet.unclean);
-        assert_eq!(fleet.invocations(), 72);
-        assert_eq!(fleet.environments_started(), 12, "churn: three per slot");
-        assert!(fleet.max_alive >= 3, "environments overlapped");
+        assert_eq!(fleet.invocations(), 2 * SLOTS * 6);
+        assert_eq!(
+            fleet.environments_started(),
+            2 * SLOTS,
+            "churn: two per slot"
+        );
+        assert!(
+            fleet.max_alive >= SLOTS - 1,
+            "environments overlapped: {}",
+            fleet.max_alive
+        );
         let events: usize = fleet.events_sent();
         assert_eq!(
             sink.received_events().len(),
@@ -493,29 +579,54 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         let range_s = (end - started) as u64 + 1;
         let steps_end = started + (range_s.div_ceil(STEP_S) * STEP_S) as f64;
 
-        // The variables list both functions, and the versions of one.
-        let functions: BTreeSet<String> = prometheus
-            .instant(
-                "group by (faas_name) (last_over_time(faas_invocations_total[1h]))",
-                end,
-            )
-            .await
-            .iter()
-            .filter_map(|s| s.labels.get("faas_name").cloned())
-            .collect();
-        assert_eq!(
-            functions,
-            BTreeSet::from(["billing".into(), "orders".into()])
-        );
+        // The variables, as Grafana asks for them: both functions, the versions of each, the job.
+        let values = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<String>>()
+        };
+        for (file, variable, function, expected) in [
+            (
+                "lambda-overview.json",
+                "function",
+                ".*",
+                values(&["billing", "orders"]),
+            ),
+            (
+                "lambda-overview.json",
+                "version",
+                ".*",
+                values(&["1", "2", "7"]),
+            ),
+            (
+                "lambda-overview.json",
+                "version",
+                "orders",
+                values(&["1", "2"]),
+            ),
+            ("lambda-overview.json", "version", "billing", values(&["7"])),
+            (
+                "bridge-health.json",
+                "job",
+                ".*",
+                values(&["lambda-telemetry-bridge"]),
+            ),
+        ] {
+            let query = variable_query(file, variable).replace("$function", function);
+            let got = prometheus.label_values(&query, started, end).await;
+            assert_eq!(got, expected, "{file} > variable {variable} ({query})");
+        }
 
+        // All, one function, one version of it, the other function, and both chosen one by one
+        // (Grafana writes several values as a regex alternation).
         let selections = [
             Selection {
-                function: ".+",
-                version: ".+",
+                function: ".*",
+                version: ".*",
             },
             Selection {
                 function: "orders",
-                version: ".+",
+                version: ".*",
             },
             Selection {
                 function: "orders",
@@ -523,7 +634,11 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
             },
             Selection {
                 function: "billing",
-                version: ".+",
+                version: ".*",
+            },
+            Selection {
+                function: "(orders|billing)",
+                version: "(1|7)",
             },
         ];
         let mut checked = BTreeSet::new();
@@ -562,11 +677,25 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                     ("Cold starts in range", _) => {
                         assert_eq!(only(&at_end, &name), expected.environments as f64, "{name}: one per environment")
                     }
-                    ("Invoke duration p95", _) => assert_within(
-                        &name,
-                        only(&at_end, &name),
-                        quantile_bucket(&expected.durations_s, 0.95, &DURATION_BUCKETS),
-                    ),
+                    ("Invoke duration p95", _) => {
+                        assert_within(
+                            &name,
+                            only(&at_end, &name),
+                            quantile_bucket(&expected.durations_s, 0.95, &DURATION_BUCKETS),
+                        );
+                        // The buckets the quantile is read from, exactly: the panel's own sum.
+                        let buckets = whole
+                            .strip_prefix("histogram_quantile(0.95, ")
+                            .and_then(|e| e.strip_suffix(')'))
+                            .expect("histogram_quantile(0.95, <buckets>)");
+                        let got = prometheus.instant(buckets, end).await;
+                        assert!(!got.is_empty(), "{name}: no buckets");
+                        for series in &got {
+                            let le = series.labels["le"].parse::<f64>().unwrap_or(f64::INFINITY);
+                            let below = expected.durations_s.iter().filter(|d| **d <= le).count();
+                            assert_eq!(only(std::slice::from_ref(series), &name), below as f64, "{name}: bucket le={le}");
+                        }
+                    }
                     ("Memory size", _) => assert_eq!(only(&at_end, &name), expected.memory_size, "{name}"),
                     ("Cost in range", _) => {
                         assert!(close(only(&at_end, &name), expected.cost), "{name}: {at_end:?} vs {}", expected.cost)
@@ -644,8 +773,88 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
             }
         }
 
+        // A stat over a range that starts mid-run, environments alive across its start: the
+        // subtraction of what they had counted before it is what makes the number right. It
+        // must equal the graph's intervals after that point, and differ from the naive sum.
+        let step = STEP_S as f64;
+        let mid = started + ((end - started) / 2.0 / step).floor() * step;
+        let later_end = mid + ((end - mid) / step).floor() * step;
+        let later_s = (later_end - mid) as u64;
+        let all = &selections[0];
+        let queries = panel_queries("lambda-overview.json");
+        let expr = |panel: &str| -> Vec<String> {
+            queries
+                .iter()
+                .filter(|q| q.panel == panel)
+                .map(|q| q.expr.clone())
+                .collect()
+        };
+        for (stat, graph, per_second, unit) in [
+            ("Invocations in range", "Invocations", true, 1.0),
+            ("Cold starts in range", "Cold starts", false, 1.0),
+            ("Cost in range", "Estimated cost", true, 1.0 / 3600.0),
+        ] {
+            let stat_value = only(
+                &prometheus
+                    .instant(&all.substitute(&expr(stat)[0], later_s, later_s), later_end)
+                    .await,
+                stat,
+            );
+            let mut intervals = 0.0;
+            for e in expr(graph) {
+                let tiled = prometheus
+                    .range(
+                        &all.substitute(&e, later_s, STEP_S),
+                        mid + step,
+                        later_end,
+                        STEP_S,
+                    )
+                    .await;
+                intervals += total(&tiled) * if per_second { step } else { 1.0 } * unit;
+            }
+            assert!(
+                close(stat_value, intervals),
+                "{stat} over the last {later_s} s: {stat_value}, its graph's intervals: {intervals}"
+            );
+        }
+        let naive = |name: &str| format!("(sum(last_over_time({name}[{later_s}s])) or vector(0))");
+        let naive_invocations = only(
+            &prometheus
+                .instant(
+                    &format!(
+                        "{} + {} + {}",
+                        naive("faas_invocations_total"),
+                        naive("faas_errors_total"),
+                        naive("faas_timeouts_total")
+                    ),
+                    later_end,
+                )
+                .await,
+            "naive",
+        );
+        let stat_later = only(
+            &prometheus
+                .instant(
+                    &all.substitute(&expr("Invocations in range")[0], later_s, later_s),
+                    later_end,
+                )
+                .await,
+            "invocations later",
+        );
+        assert!(
+            stat_later < naive_invocations,
+            "no environment was alive across the middle of the run: the check above proves nothing"
+        );
+
         // The bridges' own metrics, pushed by every environment at its shutdown.
         let everything = sent(&fleet, &selections[0]);
+        let spans_received = lambda_sim::otlp_receiver::decode_traces(&collector.requests()).len();
+        let logs_received = lambda_sim::otlp_receiver::decode_logs(&collector.requests()).len();
+        let metric_exports = lambda_sim::otlp_receiver::accepted(
+            &collector.requests(),
+            lambda_sim::otlp_receiver::Signal::Metrics,
+        )
+        .count();
         let raw_requests = sink.requests();
         let raw_posts = raw_requests.iter().filter(|r| r.succeeded()).count() as f64;
         for query in panel_queries("bridge-health.json") {
@@ -666,15 +875,21 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                 }
                 ("Events received", _) => assert_eq!(only(&at_end, &name), events as f64, "{name}"),
                 ("Items dropped", _) | ("Sink failures", _) | ("Failures and retries", _) => {
+                    assert!(!at_end.is_empty(), "{name}: no answer (the series exist at 0)");
                     assert_eq!(total(&at_end), 0.0, "{name}");
                     assert_eq!(total(&tiled), 0.0, "{name}: per interval");
                 }
-                ("Queue depth", _) => assert_eq!(total(&at_end), 0.0, "{name}: drained at every shutdown"),
+                ("Queue depth", _) => {
+                    assert!(!at_end.is_empty(), "{name}: no answer");
+                    assert_eq!(total(&at_end), 0.0, "{name}: drained at every shutdown");
+                }
                 // The bridge's own timing of its flushes: nothing the simulator sent says what
                 // it should be. Checked only to be a duration.
                 ("Flush duration p99", _) | ("Flush duration", _) => {
-                    for value in at_end.iter().flat_map(|s| &s.values).filter(|v| !v.is_nan()) {
-                        assert!((0.0..=10.0).contains(value), "{name}: {value}");
+                    let durations: Vec<f64> = at_end.iter().flat_map(|s| s.values.clone()).filter(|v| !v.is_nan()).collect();
+                    assert!(!durations.is_empty(), "{name}: no flush duration");
+                    for value in durations {
+                        assert!((0.0..=10.0).contains(&value), "{name}: {value}");
                     }
                 }
                 ("Events received by type", _) => {
@@ -690,8 +905,16 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                 ),
                 ("Telemetry API POSTs and rejections", _) => assert_eq!(total(&at_end), 0.0, "{name}"),
                 ("Items sent per sink", _) => {
-                    let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
-                    assert!(raw.is_some_and(|r| close(r, events as f64)), "{name}: raw_json {raw:?} vs {events}");
+                    let sent = by_label(&tiled, "sink", STEP_S as f64);
+                    for (sink, expected) in [
+                        ("raw_json", events),
+                        ("otlp_traces", spans_received),
+                        ("otlp_logs", logs_received),
+                        ("otlp_metrics", metric_exports),
+                    ] {
+                        let got = sent.get(sink).copied();
+                        assert!(got.is_some_and(|g| close(g, expected as f64)), "{name}: {sink} {got:?} vs {expected}");
+                    }
                 }
                 ("Requests per sink", _) => {
                     let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
@@ -719,6 +942,20 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
             checked.insert(name);
         }
         eprintln!("checked {} panel queries: {checked:#?}", checked.len());
+        // What Prometheus holds in memory for the run (every environment's series until its
+        // head block is compacted).
+        let (_, own) = get(prom_port, "/metrics".into()).await;
+        let head = own
+            .lines()
+            .find(|l| l.starts_with("prometheus_tsdb_head_series "))
+            .unwrap_or("prometheus_tsdb_head_series ?");
+        let mut exposition = lambda_sim::prometheus::Exposition::new();
+        exposition.add_requests(&collector.requests());
+        eprintln!(
+            "{} environments; {head}; the stand-in exposed {} series in all",
+            fleet.environments_started(),
+            exposition.series_ever()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

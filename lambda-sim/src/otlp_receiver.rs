@@ -699,6 +699,8 @@ pub struct OtlpStats {
     log_traces: Vec<(String, Vec<u8>)>,
     /// The latest cumulative value per metric name and resource.
     cumulative_by_source: HashMap<(String, String), f64>,
+    /// Whether some resources' cumulative values were left out of the totals (too many).
+    pub metric_sources_truncated: bool,
     joins_truncated: bool,
 }
 
@@ -875,7 +877,12 @@ impl OtlpStats {
                             self.cumulative_by_source.insert(key, value);
                             s.value + value
                         }
-                        None => value,
+                        None => {
+                            // Beyond what is tracked: this resource's value is left out (said
+                            // in the summary) rather than taken for the fleet's.
+                            self.metric_sources_truncated = true;
+                            s.value
+                        }
                     }
                 }
             };
@@ -978,6 +985,11 @@ impl OtlpStats {
             self.metrics.len(),
             self.metric_points
         ));
+        if self.metric_sources_truncated {
+            out.push(format!(
+                "    (cumulative totals cover the first {JOINS_TRACKED} metric sources only)"
+            ));
+        }
         let name_width = self.metrics.keys().map(String::len).max().unwrap_or(0);
         let unit_width = self
             .metrics

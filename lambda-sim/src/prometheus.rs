@@ -579,6 +579,33 @@ pub fn exposition_of(requests: &[RecordedRequest], expiration: Duration) -> Stri
     exposition.render(Instant::now(), expiration)
 }
 
+/// The collector's exporter fed by a recording OTLP receiver as it receives: each call takes
+/// only what arrived since the last one, so a scrape costs what is new, not the whole run.
+pub struct LiveExposition {
+    exposition: std::sync::Mutex<(Exposition, usize)>,
+    expiration: Duration,
+}
+
+impl LiveExposition {
+    /// An exporter with `metric_expiration` = `expiration`.
+    pub fn new(expiration: Duration) -> LiveExposition {
+        LiveExposition {
+            exposition: std::sync::Mutex::new((Exposition::new(), 0)),
+            expiration,
+        }
+    }
+
+    /// Adds what `receiver` recorded since the last call, and renders the exposition now.
+    pub fn render(&self, receiver: &super::RecordingEndpoint) -> String {
+        let mut guard = self.exposition.lock().unwrap_or_else(|e| e.into_inner());
+        let (exposition, seen) = &mut *guard;
+        let new = receiver.requests_from(*seen);
+        *seen += new.len();
+        exposition.add_requests(&new);
+        exposition.render(Instant::now(), self.expiration)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,6 +226,17 @@ impl RecordingEndpoint {
         self.state.lock().requests.clone()
     }
 
+    /// The recorded requests from the `from`-th on (none if fewer were recorded; after
+    /// [`clear`](Self::clear) or [`take_requests`](Self::take_requests) the count restarts).
+    pub fn requests_from(&self, from: usize) -> Vec<RecordedRequest> {
+        self.state
+            .lock()
+            .requests
+            .get(from..)
+            .map(<[RecordedRequest]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// The elements of the JSON arrays POSTed and answered with 2xx, concatenated in arrival
     /// order (a POSTed JSON value that is not an array counts as one element; a body that is not
     /// JSON is skipped).
