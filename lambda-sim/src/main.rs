@@ -469,11 +469,10 @@ fn print_environment(env: &fleet::FinishedEnvironment) {
         ),
         None => "did not run".into(),
     };
+    let function = format!("{}:{}", spec.function.name, spec.function.version);
     println!(
-        "  environment {:<3} {}:{:<10} slot {:<2} {what}",
+        "  environment {:<3} {function:<18} slot {:<2} {what}",
         spec.index + 1,
-        spec.function.name,
-        spec.function.version,
         spec.slot + 1
     );
     if let Some(report) = env.report().filter(|r| !r.clean()) {
