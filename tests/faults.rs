@@ -109,8 +109,11 @@ fn raw_sink_down_for_the_whole_run_never_hurts_the_function() {
         assert_held_at_most_the_flush_timeout(&report);
         assert!(report.shutdown_duration.expect("exited") < Duration::from_millis(1500));
         let out = &report.extension_output;
+        // The sink's own line when its retries ran out, or the flush's when its deadline cut
+        // them first (on a loaded machine): either way a WARN says the events stay queued.
         assert!(
-            out.contains("WARN") && out.contains("events stay queued"),
+            out.contains("WARN")
+                && (out.contains("events stay queued") || out.contains("the rest stays queued")),
             "{out}"
         );
         assert!(

@@ -145,16 +145,25 @@ fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
         let collector = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
             .await
             .expect("collector");
+        let gateway = RecordingEndpoint::start(lambda_sim::Behaviour::ok())
+            .await
+            .expect("a Pushgateway stand-in");
         let report = run(managed(
             40,
             8,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
             ],
         ))
         .await;
         assert_clean(&report);
+        // The bridge's own count of the invocations it handled: their starts, as no INVOKE comes.
+        assert_eq!(
+            common::metric_value(&common::last_push(&gateway), "bridge_invocations_total"),
+            Some(40.0)
+        );
         assert_eq!(report.totals.invocations, 40);
         assert!(
             max_overlap(&report) >= 4,

@@ -307,7 +307,7 @@ impl SelfMetrics {
             invocations: counter(
                 &registry,
                 "bridge_invocations_total",
-                "INVOKE events handled",
+                "Invocations handled: INVOKE events (under Managed Instances, which has none, platform.start events)",
             ),
             registry,
         }

@@ -53,15 +53,17 @@ impl Progress {
         }
     }
 
-    /// Notes starts (a start of an invocation already reported is a duplicate delivery) and
-    /// forgets what is too old or too many.
-    fn open(&mut self, starts: Vec<String>, now: Instant) {
+    /// Notes starts (a start of an invocation already reported, or already open, is a duplicate
+    /// delivery) and forgets what is too old or too many; how many invocations are new.
+    fn open(&mut self, starts: Vec<String>, now: Instant) -> u64 {
+        let mut new = 0;
         self.open
             .retain(|_, since| now.saturating_duration_since(*since) < OPEN_AT_MOST);
         for id in starts {
-            if self.reported(&id) {
+            if self.reported(&id) || self.open.contains_key(&id) {
                 continue;
             }
+            new += 1;
             if self.open.len() >= OPEN_TRACKED {
                 let oldest = self
                     .open
@@ -74,6 +76,7 @@ impl Progress {
             }
             self.open.insert(id, now);
         }
+        new
     }
 }
 
@@ -103,7 +106,10 @@ pub fn record(
     }
     tx.send_if_modified(|p| {
         if p.track_open {
-            p.open(starts, Instant::now());
+            // No INVOKE reaches the extension there: the invocations it handles are counted as
+            // their starts arrive.
+            let new = p.open(starts, Instant::now());
+            crate::self_metrics::METRICS.invocations.inc_by(new);
             for id in &reports {
                 p.open.remove(id);
             }
