@@ -18,11 +18,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{block_on, bridge_binary, dead_port, http_blocking};
+use common::{block_on, bridge_binary, dead_port, http_blocking, start_server};
 use lambda_sim::fleet::{self, FleetConfig, FleetFunction, FleetReport};
 use lambda_sim::prometheus::{ExpositionServer, LiveExposition};
 use lambda_sim::{Behaviour, RecordingEndpoint, SimConfig, SimReport};
@@ -59,27 +58,6 @@ const MEMORY_BUCKETS: [f64; 11] = [
     8192.0 * MIB,
     10240.0 * MIB,
 ];
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(program: &str, args: &[String]) -> Server {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{program} must be installed (apt-get install -y prometheus prometheus-pushgateway): {e}")
-        });
-    Server(child)
-}
 
 /// A blocking GET, run off the runtime's thread so that the stand-in keeps serving scrapes.
 async fn get(port: u16, path: String) -> (u16, String) {
@@ -464,7 +442,7 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                 .expect("the collector's stand-in")
         };
         let gateway_port = dead_port();
-        let _gateway = start(
+        let _gateway = start_server(
             "prometheus-pushgateway",
             &[format!("--web.listen-address=127.0.0.1:{gateway_port}")],
         );
@@ -482,7 +460,7 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
             ),
         )
         .expect("config");
-        let _prometheus = start(
+        let _prometheus = start_server(
             "prometheus",
             &[
                 format!("--config.file={}", config_file.display()),

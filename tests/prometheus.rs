@@ -5,31 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use lambda_sim::{Behaviour, RecordingEndpoint};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(program: &str, args: &[String]) -> Server {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} must be installed (apt-get install -y prometheus prometheus-pushgateway): {e}"));
-    Server(child)
-}
 
 /// A GET on loopback: the body of a 200 answer.
 fn get(port: u16, path: &str) -> Option<String> {
@@ -63,7 +43,7 @@ fn a_real_prometheus_scrapes_the_bridges_self_metrics() {
         ),
     )
     .expect("config");
-    let _prometheus = start(
+    let _prometheus = start_server(
         "prometheus",
         &[
             format!("--config.file={}", config_file.display()),
@@ -116,7 +96,7 @@ fn a_real_prometheus_scrapes_the_bridges_self_metrics() {
 #[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
 fn the_bridge_pushes_to_a_real_pushgateway() {
     let port = dead_port();
-    let _gateway = start(
+    let _gateway = start_server(
         "prometheus-pushgateway",
         &[format!("--web.listen-address=127.0.0.1:{port}")],
     );

@@ -367,14 +367,16 @@ fn vary(base: Duration, spread: f64) -> Duration {
 }
 
 impl Driver {
-    /// Hands an event to the Telemetry API, its `time` written in one of the RFC 3339 forms
-    /// Lambda's clock may produce.
-    fn emit(&self, mut event: Value) {
-        let n = self
-            .emitted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        events::vary_time(&mut event, n);
-        self.hub.emit(event);
+    fn emit(&self, event: Value) {
+        self.emitter().emit(event);
+    }
+
+    /// What emits events for this run, also from the tasks of concurrent invocations.
+    fn emitter(&self) -> Emitter {
+        Emitter {
+            hub: self.hub.clone(),
+            emitted: self.emitted.clone(),
+        }
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -735,10 +737,7 @@ impl Driver {
         }
         let concurrency = concurrency.max(1);
         let limit = self.cfg.invocations;
-        let emitter = Emitter {
-            hub: self.hub.clone(),
-            emitted: self.emitted.clone(),
-        };
+        let emitter = self.emitter();
         let mut running = tokio::task::JoinSet::new();
         let mut started = 0usize;
         let mut errors_so_far = 0usize;
@@ -1225,6 +1224,8 @@ struct Emitter {
 }
 
 impl Emitter {
+    /// Hands an event to the Telemetry API, its `time` written in one of the RFC 3339 forms
+    /// Lambda's clock may produce.
     fn emit(&self, mut event: Value) {
         let n = self
             .emitted

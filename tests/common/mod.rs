@@ -384,3 +384,26 @@ pub fn assert_each_invocation_span_exported_once(
         );
     }
 }
+
+/// A server process a test started (Prometheus, a Pushgateway); killed when dropped.
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` (installed by `.ci/run`: `apt-get install prometheus prometheus-pushgateway`).
+pub fn start_server(program: &str, args: &[String]) -> Server {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program} must be installed (apt-get install -y prometheus prometheus-pushgateway): {e}")
+        });
+    Server(child)
+}

@@ -28,7 +28,7 @@ use super::instruments::Instruments;
 use super::logs;
 use super::schema::{
     after, is_error_status, merge, ms, parse_time, typed, LogsDroppedRecord, PhaseRecord,
-    ReportRecord, RuntimeDoneRecord, StartRecord, TracingRecord,
+    PhaseSpanRecord, ReportRecord, RuntimeDoneRecord, StartRecord, TracingRecord,
 };
 use super::spans::{link_to_init, random_span_id, random_trace_id, Span};
 use super::xray;
@@ -442,13 +442,23 @@ impl Mapper {
             false,
         );
         self.out.spans.extend(span);
-        for phase in &record.spans {
+        self.phase_children((trace_id, flags), span_id, &record.spans);
+    }
+
+    /// The platform's phases of an invocation (`responseLatency`, …) as children of its span.
+    fn phase_children(
+        &mut self,
+        trace: (TraceId, TraceFlags),
+        parent: SpanId,
+        phases: &[PhaseSpanRecord],
+    ) {
+        for phase in phases {
             let Some(phase_start) = parse_time(&phase.start) else {
                 continue;
             };
             let child = Span::child(
-                (trace_id, flags),
-                span_id,
+                trace,
+                parent,
                 phase.name.clone(),
                 phase_start,
                 after(phase_start, phase.duration_ms),
@@ -582,20 +592,7 @@ impl Mapper {
                     false,
                 );
                 self.out.spans.extend(span);
-                for phase in &record.spans {
-                    let Some(phase_start) = parse_time(&phase.start) else {
-                        continue;
-                    };
-                    let child = Span::child(
-                        (trace_id, flags),
-                        span_id,
-                        phase.name.clone(),
-                        phase_start,
-                        after(phase_start, phase.duration_ms),
-                        Vec::new(),
-                    );
-                    self.out.spans.push(child.build(&self.scope));
-                }
+                self.phase_children((trace_id, flags), span_id, &record.spans);
             }
         }
         self.end(&record.request_id);
