@@ -79,12 +79,7 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         crate::awake::assume_no_freezes();
     }
     let mut api = ExtensionsApi::new(&config.lambda.runtime_api);
-    // Managed Instances refuses INVOKE (403 Extension.InvalidEventType): SHUTDOWN only there.
-    let events: &[&str] = if model.is_managed_instances() {
-        &["SHUTDOWN"]
-    } else {
-        &["INVOKE", "SHUTDOWN"]
-    };
+    let events = model.extension_events();
     // Said before registering: a refused registration is the first thing to explain.
     tracing::info!(
         model = %model.as_str(),
@@ -564,34 +559,22 @@ impl Bridge {
         }
         // Keep at least half of the budget for the flush itself.
         let wait_until = received + hard_deadline.duration_since(received) / 2;
-        if self.config.lambda.model.is_managed_instances() && self.waits_for_runtime_done() {
-            // Invocations run concurrently and end without the extension seeing it: wait for
-            // the reports of those that started.
-            let open = self.progress.borrow().open_invocations();
-            let all_reported = tokio::time::timeout_at(
-                wait_until,
-                self.progress.wait_for(|p| p.open_invocations() == 0),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-            if !all_reported {
-                tracing::warn!(
-                    open = self.progress.borrow().open_invocations(),
-                    "shutdown: some invocations' platform.report did not arrive in time"
-                );
-            } else if open > 0 {
-                tracing::debug!(open, "shutdown: the open invocations reported");
-            }
-        }
-        if let (true, Some(last)) = (self.waits_for_runtime_done(), self.last_request.clone()) {
-            let arrived =
-                tokio::time::timeout_at(wait_until, self.progress.wait_for(|p| p.reported(&last)))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
+        if self.waits_for_runtime_done() {
+            // The reports Lambda still owes: the last invocation's (it comes after SHUTDOWN), and
+            // under Managed Instances those of every invocation that started (they end without
+            // the extension seeing it; on the default model none is tracked as open).
+            let last = self.last_request.clone();
+            let owed = |p: &Progress| {
+                p.open_invocations() > 0 || last.as_deref().is_some_and(|l| !p.reported(l))
+            };
+            let arrived = tokio::time::timeout_at(wait_until, self.progress.wait_for(|p| !owed(p)))
+                .await
+                .is_ok_and(|r| r.is_ok());
             if !arrived {
                 tracing::warn!(
-                    request_id = last,
-                    "the last invocation's platform.report did not arrive in time"
+                    last_request = last.as_deref().unwrap_or("-"),
+                    open = self.progress.borrow().open_invocations(),
+                    "shutdown: a platform.report did not arrive in time"
                 );
             }
         }

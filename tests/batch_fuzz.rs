@@ -52,7 +52,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = parse_batch(&Bytes::from(body), usize::MAX);
+        let _ = parse_batch(&Bytes::from(body), usize::MAX, true);
     }
 
     #[test]
@@ -60,7 +60,7 @@ proptest! {
         let array = Value::Array(events.clone());
         let text = if pretty { serde_json::to_string_pretty(&array) } else { serde_json::to_string(&array) }
             .expect("serialisable");
-        let batch = parse_batch(&Bytes::from(text.clone()), usize::MAX).expect("a JSON array parses");
+        let batch = parse_batch(&Bytes::from(text.clone()), usize::MAX, true).expect("a JSON array parses");
         prop_assert_eq!(batch.events.len(), events.len());
         for (parsed, original) in batch.events.iter().zip(&events) {
             let raw = std::str::from_utf8(parsed.raw()).expect("utf-8");
@@ -78,7 +78,7 @@ proptest! {
         let text = serde_json::to_string(&Value::Array(events)).expect("json");
         let cut = text.len().saturating_sub(cut).max(1);
         if let Some(prefix) = text.get(..cut) {
-            prop_assert!(parse_batch(&Bytes::from(prefix.to_string()), usize::MAX).is_err());
+            prop_assert!(parse_batch(&Bytes::from(prefix.to_string()), usize::MAX, true).is_err());
         }
     }
 }

@@ -17,7 +17,9 @@ use axum::routing::get;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::metrics::v1::{metric::Data, AggregationTemporality, Metric};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric::Data, AggregationTemporality, Metric, NumberDataPoint,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::task::JoinHandle;
 
@@ -303,46 +305,36 @@ impl Exposition {
         if let Some(instance) = attr("service.instance.id") {
             base.insert("instance".into(), instance);
         }
-        let points: Vec<(Kind, bool, Vec<KeyValue>, Value, u64, u64)> = match &metric.data {
-            Some(Data::Gauge(g)) => g
-                .data_points
-                .iter()
-                .map(|p| {
-                    let value = Value::Number(number_value(p));
-                    (
-                        Kind::Gauge,
-                        false,
-                        p.attributes.clone(),
-                        value,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                    )
-                })
-                .collect(),
-            Some(Data::Sum(s)) => {
-                let delta = s.aggregation_temporality == AggregationTemporality::Delta as i32;
-                let kind = if s.is_monotonic {
+        // One point: its attributes, value, start and time.
+        type Point<'m> = (&'m [KeyValue], Value, u64, u64);
+        fn number(p: &NumberDataPoint) -> Point<'_> {
+            let value = Value::Number(number_value(p));
+            (
+                &p.attributes,
+                value,
+                p.start_time_unix_nano,
+                p.time_unix_nano,
+            )
+        }
+        let is_delta = |temporality: i32| temporality == AggregationTemporality::Delta as i32;
+        let (kind, delta, points): (Kind, bool, Vec<Point<'_>>) = match &metric.data {
+            Some(Data::Gauge(g)) => (
+                Kind::Gauge,
+                false,
+                g.data_points.iter().map(number).collect(),
+            ),
+            Some(Data::Sum(s)) => (
+                if s.is_monotonic {
                     Kind::Counter
                 } else {
                     Kind::UpDownCounter
-                };
-                s.data_points
-                    .iter()
-                    .map(|p| {
-                        let value = Value::Number(number_value(p));
-                        (
-                            kind,
-                            delta,
-                            p.attributes.clone(),
-                            value,
-                            p.start_time_unix_nano,
-                            p.time_unix_nano,
-                        )
-                    })
-                    .collect()
-            }
-            Some(Data::Histogram(h)) => {
-                let delta = h.aggregation_temporality == AggregationTemporality::Delta as i32;
+                },
+                is_delta(s.aggregation_temporality),
+                s.data_points.iter().map(number).collect(),
+            ),
+            Some(Data::Histogram(h)) => (
+                Kind::Histogram,
+                is_delta(h.aggregation_temporality),
                 h.data_points
                     .iter()
                     .map(|p| {
@@ -353,22 +345,20 @@ impl Exposition {
                             count: p.count,
                         };
                         (
-                            Kind::Histogram,
-                            delta,
-                            p.attributes.clone(),
+                            &p.attributes[..],
                             value,
                             p.start_time_unix_nano,
                             p.time_unix_nano,
                         )
                     })
-                    .collect()
-            }
-            _ => Vec::new(),
+                    .collect(),
+            ),
+            _ => return,
         };
-        for (kind, delta, attributes, value, start, time) in points {
-            let family = prometheus_name(&metric.name, &metric.unit, kind);
+        let family = prometheus_name(&metric.name, &metric.unit, kind);
+        for (attributes, value, start, time) in points {
             let mut series_labels = base.clone();
-            series_labels.extend(labels(&attributes));
+            series_labels.extend(labels(attributes));
             let key = format!("{family}{series_labels:?}");
             match self.series.get_mut(&key) {
                 Some(series) if time < series.time_unix_nano => {} // an older point: ignored
@@ -388,7 +378,7 @@ impl Exposition {
                     self.series.insert(
                         key,
                         Series {
-                            family,
+                            family: family.clone(),
                             kind,
                             labels: series_labels,
                             value,

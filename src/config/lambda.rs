@@ -28,6 +28,24 @@ impl ExecutionModel {
     pub fn is_managed_instances(self) -> bool {
         self == ExecutionModel::ManagedInstances
     }
+
+    /// What the extension registers for: Managed Instances refuses INVOKE (403
+    /// `Extension.InvalidEventType`), so SHUTDOWN only there.
+    pub fn extension_events(self) -> &'static [&'static str] {
+        match self {
+            ExecutionModel::Default => &["INVOKE", "SHUTDOWN"],
+            ExecutionModel::ManagedInstances => &["SHUTDOWN"],
+        }
+    }
+
+    /// The Telemetry API schema to subscribe with: Managed Instances refuses older ones (400);
+    /// the default model keeps the one the mapping was written against.
+    pub fn telemetry_schema(self) -> &'static str {
+        match self {
+            ExecutionModel::Default => "2022-12-13",
+            ExecutionModel::ManagedInstances => "2025-01-29",
+        }
+    }
 }
 
 /// The execution environment, as Lambda describes it.

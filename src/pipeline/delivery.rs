@@ -191,20 +191,14 @@ async fn run(
     let mut waiters: Vec<Waiter> = Vec::new();
     loop {
         tokio::select! {
+            // While paused, the next INVOKE's kick still delivers.
             () = pipeline.pressure.notified(), if drain_when_filling && !draining => {
-                let paused = pressure_paused_until.is_some_and(|until| Instant::now() < until);
-                // While paused, the next INVOKE's kick still delivers.
-                if !paused && !flights.start_background() {
-                    kick_waiting = true;
-                }
+                start_unless_paused(&mut flights, pressure_paused_until, &mut kick_waiting);
             }
             order = orders.recv() => match order {
                 Some(Order::Kick | Order::Tick) if draining => {}
                 Some(Order::Tick) => {
-                    let paused = pressure_paused_until.is_some_and(|until| Instant::now() < until);
-                    if !paused && !flights.start_background() {
-                        kick_waiting = true;
-                    }
+                    start_unless_paused(&mut flights, pressure_paused_until, &mut kick_waiting);
                 }
                 Some(Order::Kick) => {
                     if !flights.start_background() {
@@ -251,6 +245,15 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Starts a background flush unless the pause after one that delivered nothing still runs; a
+/// flush that cannot start now (all in flight) starts when one ends.
+fn start_unless_paused(flights: &mut Flights, paused_until: Option<Instant>, waiting: &mut bool) {
+    let paused = paused_until.is_some_and(|until| Instant::now() < until);
+    if !paused && !flights.start_background() {
+        *waiting = true;
     }
 }
 

@@ -55,7 +55,8 @@ impl<'de> serde::de::Visitor<'de> for BoundedVisitor<'_> {
 #[derive(Debug, Default)]
 pub struct ParsedBatch {
     pub events: Vec<Event>,
-    /// Request ids of `platform.start` events, in order.
+    /// Request ids of `platform.start` events, in order (only when asked for: Managed
+    /// Instances, where shutdown waits for every started invocation).
     pub starts: Vec<String>,
     /// Request ids of `platform.runtimeDone` events, in order.
     pub runtime_done: Vec<String>,
@@ -79,8 +80,13 @@ struct RequestRecord<'a> {
     request_id: Cow<'a, str>,
 }
 
-/// Splits `body`, a JSON array of at most `max_items` elements.
-pub fn parse_batch(body: &Bytes, max_items: usize) -> Result<ParsedBatch, BatchError> {
+/// Splits `body`, a JSON array of at most `max_items` elements; with `starts`, also reads the
+/// request ids of `platform.start` events.
+pub fn parse_batch(
+    body: &Bytes,
+    max_items: usize,
+    starts: bool,
+) -> Result<ParsedBatch, BatchError> {
     let overflow = std::cell::Cell::new(false);
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let visitor = BoundedVisitor {
@@ -106,10 +112,9 @@ pub fn parse_batch(body: &Bytes, max_items: usize) -> Result<ParsedBatch, BatchE
         let kind = match serde_json::from_str::<Envelope>(text) {
             Ok(envelope) => {
                 let kind = EventKind::from_type(&envelope.kind);
-                if matches!(
-                    kind,
-                    EventKind::Start | EventKind::RuntimeDone | EventKind::Report
-                ) {
+                if matches!(kind, EventKind::RuntimeDone | EventKind::Report)
+                    || (starts && kind == EventKind::Start)
+                {
                     let ids = match kind {
                         EventKind::Start => &mut batch.starts,
                         EventKind::RuntimeDone => &mut batch.runtime_done,
@@ -145,7 +150,7 @@ mod tests {
             br#"[ {"time":"2022-10-12T00:00:00.000Z","type":"platform.start","record":{"requestId":"a","version":"$LATEST"}},
   {"type" : "function", "record":"hello \u00e9 \"quoted\""} ,{"type":"platform.runtimeDone","record":{"status":"success","requestId":"r\u0031"}}]"#,
         );
-        let batch = parse_batch(&body, 1000).expect("valid batch");
+        let batch = parse_batch(&body, 1000, true).expect("valid batch");
         assert_eq!(batch.events.len(), 3);
         assert_eq!(
             batch.events[1].raw(),
@@ -162,7 +167,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"[1,"text",{"no":"type"},{"type":"platform.report","record":"not an object"},{"type":"brand.new","record":{}}]"#,
         );
-        let batch = parse_batch(&body, 1000).expect("an array");
+        let batch = parse_batch(&body, 1000, true).expect("an array");
         assert_eq!(batch.events.len(), 5);
         assert_eq!(batch.malformed, 4);
         assert_eq!(batch.events[4].kind(), EventKind::Unknown);
@@ -176,22 +181,28 @@ mod tests {
     fn more_elements_than_max_items_are_refused() {
         let body = |n: usize| Bytes::from(format!("[{}]", vec!["1"; n].join(",")));
         assert_eq!(
-            parse_batch(&body(3), 3).expect("at the limit").events.len(),
+            parse_batch(&body(3), 3, true)
+                .expect("at the limit")
+                .events
+                .len(),
             3
         );
         for n in [4, 5, 1000] {
             assert!(matches!(
-                parse_batch(&body(n), 3),
+                parse_batch(&body(n), 3, true),
                 Err(BatchError::TooManyElements { max_items: 3 })
             ));
         }
-        assert_eq!(parse_batch(&body(0), 3).expect("empty").events.len(), 0);
+        assert_eq!(
+            parse_batch(&body(0), 3, true).expect("empty").events.len(),
+            0
+        );
     }
 
     #[test]
     fn non_arrays_and_broken_json_are_rejected() {
         for body in [&b"{}"[..], b"not json", b"[{\"type\":", b"", b"[\"\xff\"]"] {
-            assert!(parse_batch(&Bytes::copy_from_slice(body), 1000).is_err());
+            assert!(parse_batch(&Bytes::copy_from_slice(body), 1000, true).is_err());
         }
     }
 }

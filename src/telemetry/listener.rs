@@ -94,6 +94,8 @@ struct Shared {
     progress: watch::Sender<Progress>,
     body_limit: usize,
     max_items: usize,
+    /// Whether the lifecycle tracks started invocations (Managed Instances).
+    track_starts: bool,
 }
 
 /// The running listener.
@@ -133,7 +135,9 @@ pub fn start(
     pipeline: Arc<Pipeline>,
     progress: watch::Sender<Progress>,
 ) -> Listener {
+    let track_starts = progress.borrow().tracks_open();
     let shared = Arc::new(Shared {
+        track_starts,
         pipeline,
         progress,
         body_limit: body_limit(buffering),
@@ -321,7 +325,7 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Response<Full<B
             return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time\n");
         }
     };
-    let batch = match parse_batch(&body, shared.max_items) {
+    let batch = match parse_batch(&body, shared.max_items, shared.track_starts) {
         Ok(batch) => batch,
         Err(e @ BatchError::TooManyElements { .. }) => {
             reject(Refused::TooManyElements);

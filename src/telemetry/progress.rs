@@ -38,6 +38,11 @@ impl Progress {
         self.reported.iter().any(|r| r == request_id)
     }
 
+    /// Whether started invocations are tracked (Managed Instances).
+    pub fn tracks_open(&self) -> bool {
+        self.track_open
+    }
+
     /// Invocations whose `platform.start` arrived and whose `platform.report` did not (always 0
     /// unless tracked).
     pub fn open_invocations(&self) -> usize {
@@ -96,11 +101,6 @@ pub fn record(
     runtime_done: Vec<String>,
     reports: Vec<String>,
 ) {
-    let starts = if tx.borrow().track_open {
-        starts
-    } else {
-        Vec::new()
-    };
     if starts.is_empty() && runtime_done.is_empty() && reports.is_empty() {
         return;
     }
