@@ -8,16 +8,14 @@
 //! function's CPU share when the harness can make a cgroup for it (root), and says so.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use lambda_sim::stats::{median, percentile};
 use lambda_sim::{self as sim, Behaviour, RecordingEndpoint, SimConfig, SimReport};
 use serde_json::Value;
 
-/// A 128 MB function's share of a core (Lambda scales CPU with memory: 1,769 MB = one vCPU).
-pub const CPU_QUOTA_US: u64 = 7_236;
-pub const CPU_PERIOD_US: u64 = 100_000;
+use crate::cgroup::{CpuGroup, CPU_PERIOD_US, CPU_QUOTA_US};
 
 pub const POLICIES: [&str; 4] = ["adaptive", "end", "periodic:1000", "shutdown"];
 pub const LATENCIES_MS: [u64; 3] = [0, 30, 150];
@@ -48,50 +46,6 @@ pub struct Cell {
     pub fresh_p95_invocations: Option<f64>,
     pub lost: usize,
     pub duplicated: usize,
-}
-
-/// Puts the bridge into a cgroup with a 128 MB function's CPU quota: a wrapper script that
-/// moves itself into the cgroup, then runs the bridge. `None` (with the reason) when that is not
-/// possible here (not root, no cpu controller): the figures are then at full CPU.
-pub fn cpu_share_wrapper(bridge: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let name = format!("bridge-bench-128mb-{}", std::process::id());
-    let v1 = Path::new("/sys/fs/cgroup/cpu");
-    let (group, procs) = if v1.join("cpu.cfs_quota_us").exists() {
-        let group = v1.join(&name);
-        std::fs::create_dir_all(&group).map_err(|e| format!("{}: {e}", group.display()))?;
-        std::fs::write(group.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())
-            .map_err(|e| format!("cpu.cfs_period_us: {e}"))?;
-        std::fs::write(group.join("cpu.cfs_quota_us"), CPU_QUOTA_US.to_string())
-            .map_err(|e| format!("cpu.cfs_quota_us: {e}"))?;
-        (group.clone(), group.join("cgroup.procs"))
-    } else {
-        let group = Path::new("/sys/fs/cgroup").join(&name);
-        std::fs::create_dir_all(&group).map_err(|e| format!("{}: {e}", group.display()))?;
-        std::fs::write(
-            group.join("cpu.max"),
-            format!("{CPU_QUOTA_US} {CPU_PERIOD_US}"),
-        )
-        .map_err(|e| format!("cpu.max: {e}"))?;
-        (group.clone(), group.join("cgroup.procs"))
-    };
-    let script = dir.join("bridge-at-128mb-cpu");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho $$ > '{}' || exit 97\nexec '{}' \"$@\"\n",
-            procs.display(),
-            bridge.display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", script.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
-    eprintln!(
-        "  bridge CPU: {CPU_QUOTA_US}/{CPU_PERIOD_US} µs per period (cgroup {})",
-        group.display()
-    );
-    Ok((script, group))
 }
 
 fn sorted_texts(events: &[Value]) -> BTreeMap<String, usize> {
@@ -154,7 +108,8 @@ pub async fn run_cell(
     Ok(figures(&report, &raw))
 }
 
-fn figures(report: &SimReport, raw: &RecordingEndpoint) -> Cell {
+/// Billed time, freshness at the raw endpoint, and events lost and duplicated there.
+pub fn figures(report: &SimReport, raw: &RecordingEndpoint) -> Cell {
     let billed: Vec<f64> = report
         .invocations
         .iter()
@@ -214,13 +169,33 @@ fn num(v: Option<f64>, decimals: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.decimals$}"))
 }
 
-/// Which cells to run (`--only`, e.g. `steady,150,adaptive`): each part filters one axis.
+/// `--only`'s name of the CPU-bound function scenario.
+pub const CPU_BOUND: &str = "cpu-bound";
+
+/// Which cells to run (`--only`, e.g. `steady,150,adaptive`): each part filters one axis;
+/// `--only cpu-bound` runs only the CPU-bound function scenario, and any other `--only` skips it.
 #[derive(Debug, Clone, Default)]
 pub struct Only(Vec<String>);
 
 impl Only {
     pub fn parse(raw: &str) -> Only {
         Only(raw.split(',').map(|p| p.trim().to_string()).collect())
+    }
+
+    /// `cpu-bound` alone: only the CPU-bound function scenario.
+    fn only_cpu_bound(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|p| p == CPU_BOUND)
+    }
+
+    /// Whether the policy matrix runs (not under `--only cpu-bound`).
+    pub fn wants_matrix(&self) -> bool {
+        !self.only_cpu_bound()
+    }
+
+    /// Whether the CPU-bound function scenario runs: without `--only`, or with
+    /// `--only cpu-bound`.
+    pub fn wants_cpu_bound(&self) -> bool {
+        self.0.is_empty() || self.only_cpu_bound()
     }
 
     fn wants(&self, traffic: Traffic, latency: u64, policy: &str) -> bool {
@@ -255,13 +230,22 @@ pub async fn run_matrix(
     full_cpu: bool,
     only: &Only,
 ) -> Result<(), String> {
-    let dir = std::env::temp_dir();
+    if !only.wants_matrix() {
+        return Ok(());
+    }
     let mut group = None;
     let (target, cpu) = if full_cpu {
         (bridge.to_path_buf(), "full CPU".to_string())
     } else {
-        match cpu_share_wrapper(bridge, &dir) {
-            Ok((script, made)) => {
+        match CpuGroup::create("billed").and_then(|mut g| {
+            let script = g.wrapper(bridge, "bridge")?;
+            Ok((g, script))
+        }) {
+            Ok((made, script)) => {
+                eprintln!(
+                    "  bridge CPU: {CPU_QUOTA_US}/{CPU_PERIOD_US} µs per period (cgroup {})",
+                    made.dir().display()
+                );
                 group = Some(made);
                 (script, "a 128 MB function's CPU share (7.2 %)".to_string())
             }
@@ -269,16 +253,14 @@ pub async fn run_matrix(
                 eprintln!("  no CPU cgroup ({e}): figures at full CPU");
                 (
                     bridge.to_path_buf(),
-                    "full CPU (no cgroup here)".to_string(),
+                    "full CPU, no cgroup (not possible here)".to_string(),
                 )
             }
         }
     };
     let result = run_cells(&target, quick, only, &cpu).await;
-    if let Some(group) = group {
-        // Empty once every bridge has exited.
-        let _ = std::fs::remove_dir(&group);
-    }
+    // Removed once every bridge has exited.
+    drop(group);
     result
 }
 

@@ -18,6 +18,8 @@ fn bridge_bench(args: &[&str]) -> String {
         .arg(bridge_binary())
         .arg("--floor")
         .arg(env!("CARGO_BIN_EXE_bench-floor"))
+        .arg("--cpu-function")
+        .arg(env!("CARGO_BIN_EXE_bench-cpu-function"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -76,6 +78,8 @@ fn bridge_bench_quick_produces_every_figure() {
         "throughput, events per CPU-second",
         "binary size (stripped)",
         "layer zip",
+        "push-only floor",
+        "I/O floor",
     ] {
         assert!(
             stdout.contains(figure),
@@ -113,6 +117,64 @@ fn bridge_bench_billed_produces_a_row_per_policy() {
     // steady traffic: a difference no machine's speed can turn around.
     assert!(billed("end") > 10.0, "{stdout}");
     assert!(billed("adaptive") < 5.0, "{stdout}");
+}
+
+/// The standard cost scenario and the CPU-bound function, at full CPU: every row of the table is
+/// there with a finite figure for the bridge, nothing lost or duplicated, and the CPU-bound
+/// function really burns its CPU time (its own CPU per invocation, read from `/proc`, and its
+/// duration are at least what it was asked to burn).
+#[test]
+fn bridge_bench_cost_produces_every_figure() {
+    let stdout = bridge_bench(&["--cost", "--quick", "--full-cpu", "--cpu-fn-ms", "20"]);
+    // | figure | CPU | bridge | push-only floor | I/O floor | ratio | budget | result |
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| figure") && !l.starts_with("| run"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .filter(|r: &Vec<String>| r.len() == 10)
+        .collect();
+    let row = |figure: &str| -> &Vec<String> {
+        rows.iter()
+            .find(|r| r[1].starts_with(figure))
+            .unwrap_or_else(|| panic!("no {figure:?} row:\n{stdout}"))
+    };
+    let value = |cell: &str| -> f64 { cell.parse::<f64>().unwrap_or(f64::NAN) };
+    for figure in [
+        "CPU per invocation",
+        "requests per invocation, raw",
+        "requests per invocation, /v1/traces",
+        "requests per invocation, /v1/logs",
+        "requests per invocation, /v1/metrics",
+        "requests per invocation, all outputs",
+        "invocation rate",
+        "freshness p95",
+        "events lost",
+        "events duplicated",
+        "CPU-bound function (20 ms CPU/inv): mean duration",
+        "CPU-bound function: added per invocation",
+        "CPU-bound function: its own CPU per invocation",
+    ] {
+        let r = row(figure);
+        assert!(value(&r[3]).is_finite(), "{figure}: {:?}\n{stdout}", r[3]);
+    }
+    let cpu = row("CPU per invocation");
+    assert!(
+        value(&cpu[4]).is_finite() && value(&cpu[5]).is_finite(),
+        "{stdout}"
+    );
+    assert_eq!(value(&row("events lost")[3]), 0.0, "{stdout}");
+    assert_eq!(value(&row("events duplicated")[3]), 0.0, "{stdout}");
+    // The push-only floor sends nothing; the I/O floor one request per output per invocation.
+    let raw = row("requests per invocation, raw");
+    assert_eq!(value(&raw[4]), 0.0, "{stdout}");
+    assert!(value(&raw[5]) >= 0.5, "{stdout}");
+    let duration = row("CPU-bound function (20 ms CPU/inv): mean duration");
+    let burned = row("CPU-bound function: its own CPU per invocation");
+    for k in [3, 4] {
+        assert!(value(&duration[k]) >= 20.0, "{stdout}");
+        assert!(value(&burned[k]) >= 19.0, "{stdout}");
+    }
+    assert!(stdout.contains("full CPU, no cgroup"), "{stdout}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::control_plane::{ControlMsg, ControlPlane, PendingNext, Shared};
+use super::cpu_function::CpuProcess;
 use super::events::{self, ReportArgs, RuntimeOutcome, Trace};
 use super::telemetry::{self, TelemetryHub};
 use super::{EventTiming, InvocationRecord, ProgressFn, RunTotals, SimConfig, SimError, SimReport};
@@ -75,6 +76,9 @@ struct Driver {
     max_overhead: Option<Duration>,
     /// Managed Instances: invocations still running when SHUTDOWN is handed over.
     running: Option<tokio::task::JoinSet<InvocationRecord>>,
+    /// The CPU-bound function's process (`SimConfig::cpu_function`), while it works.
+    function: Option<CpuProcess>,
+    function_pid: Option<u32>,
 }
 
 pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
@@ -102,6 +106,14 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         client,
         Duration::from_millis(cfg.telemetry_post_timeout_ms),
     )));
+
+    // The function's own process, started with the extension as a runtime is.
+    let function = cfg
+        .cpu_function
+        .as_ref()
+        .map(CpuProcess::spawn)
+        .transpose()?;
+    let function_pid = function.as_ref().and_then(CpuProcess::pid);
 
     let mut cmd = Command::new(&cfg.extension_path);
     if !cfg.inherit_env {
@@ -174,6 +186,8 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         by_status: BTreeMap::new(),
         max_overhead: None,
         running: None,
+        function,
+        function_pid,
     };
 
     let first_next = match d.init().await {
@@ -860,7 +874,8 @@ impl Driver {
             status: &status,
             error_type: error_type.as_deref(),
         };
-        self.run_function(i, lines, invoked_at, target).await;
+        let burn = status != "timeout";
+        self.run_function(i, lines, invoked_at, target, burn).await;
         let runtime_duration = invoked_at.elapsed();
         let outcome = RuntimeOutcome {
             request_id: request_id.clone(),
@@ -917,20 +932,48 @@ impl Driver {
     }
 
     /// The function runs for `target`, writing its `lines.n` log lines as it goes (and Lambda
-    /// dropping some logs when configured to).
+    /// dropping some logs when configured to). With a CPU-bound function (and `burn`), it burns
+    /// its CPU time instead, in `lines.n + 1` slices with a log line between two of them, and
+    /// lasts as long as that takes.
     async fn run_function(
         &mut self,
         i: usize,
         lines: LogLine<'_>,
         invoked_at: Instant,
         target: Duration,
+        burn: bool,
     ) {
+        let cpu_ms = self.cfg.cpu_function.as_ref().map(|f| f.cpu_ms_per_invoke);
+        if let Some(cpu_ms) = cpu_ms.filter(|_| burn && self.function.is_some()) {
+            let total_us = (cpu_ms.max(0.0) * 1e3).round() as u64;
+            let slices = lines.n as u64 + 1;
+            let slice = |k: u64| total_us * (k + 1) / slices - total_us * k / slices;
+            let mut ok = true;
+            for k in 0..lines.n {
+                ok = ok && self.burn(i, slice(k as u64)).await;
+                let line = LogLine { k, ..lines };
+                self.emit(line.event(k % 2 == 1));
+            }
+            self.maybe_drop_logs(i);
+            if ok && self.burn(i, slice(lines.n as u64)).await {
+                return;
+            }
+            // The function failed (recorded): the rest of the invocation sleeps.
+            tokio::time::sleep_until((invoked_at + target).into()).await;
+            return;
+        }
         for k in 0..lines.n {
             let at = invoked_at + target.mul_f64((k + 1) as f64 / (lines.n + 1) as f64);
             tokio::time::sleep_until(at.into()).await;
             let line = LogLine { k, ..lines };
             self.emit(line.event(k % 2 == 1));
         }
+        self.maybe_drop_logs(i);
+        tokio::time::sleep_until((invoked_at + target).into()).await;
+    }
+
+    /// Every `logs_dropped_every`th invocation, Lambda reports dropped logs.
+    fn maybe_drop_logs(&self, i: usize) {
         if self
             .cfg
             .logs_dropped_every
@@ -940,7 +983,27 @@ impl Driver {
             let bytes = records * (80 + fastrand::u64(..120));
             self.emit(events::logs_dropped(SystemTime::now(), records, bytes));
         }
-        tokio::time::sleep_until((invoked_at + target).into()).await;
+    }
+
+    /// One slice of the CPU-bound function's burn; `false` (with the error recorded and the
+    /// function stopped) when it failed.
+    async fn burn(&mut self, i: usize, micros: u64) -> bool {
+        let Some(function) = self.function.as_mut() else {
+            return false;
+        };
+        let limit = Duration::from_millis(self.cfg.function_timeout_ms) + NEXT_SLACK;
+        match function.burn(micros, limit).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.errors.push(format!(
+                    "invocation {i}: the CPU-bound function failed: {e}"
+                ));
+                if let Some(f) = self.function.take() {
+                    f.stop().await;
+                }
+                false
+            }
+        }
     }
 
     /// The extensions' turn: waits for the next `/event/next` until `deadline`; `None` (with an
@@ -1167,6 +1230,10 @@ impl Driver {
 
     async fn finish(mut self) -> SimReport {
         use std::os::unix::process::ExitStatusExt;
+        let function_cpu_ns = match self.function.take() {
+            Some(f) => f.stop().await,
+            None => None,
+        };
         self.stop_delivery().await;
         let delivery = self.tally_delivery();
         let rec = std::mem::take(&mut *self.shared.lock());
@@ -1212,6 +1279,8 @@ impl Driver {
             extension_output,
             errors: self.errors,
             totals,
+            function_pid: self.function_pid,
+            function_cpu_ns,
         }
     }
 }

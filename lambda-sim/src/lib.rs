@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod control_plane;
+mod cpu_function;
 mod driver;
 pub mod events;
 pub mod fleet;
@@ -172,6 +173,14 @@ pub struct SimConfig {
     /// `platform.start`, `platform.runtimeDone`, `platform.report` and JSON log records (0: no
     /// tenants).
     pub tenants: usize,
+    /// A CPU-bound function: instead of sleeping through each invocation, the driver asks a
+    /// process of its own (spawned once at init, like a real runtime, and killed at the end of
+    /// the run) to burn [`CpuFunction::cpu_ms_per_invoke`] of its own CPU time. The
+    /// invocation's runtime duration is then the wall time the burn took, which is what a
+    /// CPU quota shared with the extension lengthens. `None` (the default): the function
+    /// sleeps for `invoke_duration_ms`. Timed-out invocations still last the function timeout;
+    /// Managed Instances invocations ignore it.
+    pub cpu_function: Option<CpuFunction>,
     /// Called after each invocation.
     pub progress: Option<ProgressFn>,
 }
@@ -212,6 +221,7 @@ impl Default for SimConfig {
             managed_instances: None,
             shutdown_during_invocations: false,
             tenants: 0,
+            cpu_function: None,
             progress: None,
         }
     }
@@ -250,9 +260,28 @@ impl fmt::Debug for SimConfig {
             .field("flush_before_shutdown", &self.flush_before_shutdown)
             .field("managed_instances", &self.managed_instances)
             .field("tenants", &self.tenants)
+            .field("cpu_function", &self.cpu_function)
             .field("progress", &self.progress.as_ref().map(|_| "Fn"))
             .finish()
     }
+}
+
+/// The program a CPU-bound function runs in ([`SimConfig::cpu_function`]).
+///
+/// The protocol, one line each way: the driver writes a decimal number of microseconds and a
+/// newline to the program's stdin; the program burns that much of its own CPU time (not wall
+/// time) and answers one line on its stdout that starts with `ok` (the rest, e.g. the CPU time
+/// it measured, is ignored). `bridge-bench`'s `bench-cpu-function` is such a program. Each
+/// invocation's burn is split into `log_lines_per_invoke + 1` requests, with a function log
+/// line emitted between two of them, so the telemetry is the same as a sleeping function's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuFunction {
+    /// The program (a wrapper script may put it into a cgroup first, then `exec` it).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// CPU time burned per invocation, in milliseconds.
+    pub cpu_ms_per_invoke: f64,
 }
 
 /// A call to `/init/error` or `/exit/error`.
@@ -431,6 +460,11 @@ pub struct SimReport {
     /// Counts over the whole run (the lists above may hold only the latest part of it, see
     /// [`SimConfig::history_limit`]).
     pub totals: RunTotals,
+    /// The CPU-bound function's pid ([`SimConfig::cpu_function`]).
+    pub function_pid: Option<u32>,
+    /// Its CPU time (ns, all threads, as in `cpu_ns_at_next`) at the end of the run, right
+    /// before it was stopped: what it really burned.
+    pub function_cpu_ns: Option<u64>,
 }
 
 impl SimReport {

@@ -5,8 +5,13 @@
 //! `/event/next` and exits 0 on SHUTDOWN. It does the bridge's I/O and none of its work: at each
 //! INVOKE it POSTs one pre-encoded body to each endpoint the bridge posts to per invocation
 //! (`DISPATCH_POST_URI`; `/v1/traces` and `/v1/logs` under `OTEL_EXPORTER_OTLP_ENDPOINT`), beside
-//! the lifecycle as the bridge's default policy does. Nothing else: no parsing of telemetry, no
-//! encoding, no logging. `bridge-bench` measures every figure of the bridge against it.
+//! the lifecycle as the bridge's default policy does (the **I/O floor**). Nothing else: no parsing
+//! of telemetry, no encoding, no logging.
+//!
+//! With `BENCH_FLOOR_POSTS=0` it is the **push-only floor**: it POSTs nothing, and only does what
+//! every Telemetry API extension must do (register, subscribe, accept and answer every push, loop
+//! on `/event/next`). `bridge-bench` takes its ratios against the push-only floor and shows the
+//! I/O floor beside it as a second reference.
 //!
 //! It reads `AWS_LAMBDA_RUNTIME_API`, `BRIDGE_LISTENER_ADDR` (default `sandbox.localdomain`) and,
 //! so that its subscription asks for the same buffering as the bridge's in each scenario,
@@ -74,6 +79,10 @@ async fn answer(_body: Bytes) -> StatusCode {
 /// size the bridge sends for one invocation of the standard scenario.
 fn outputs() -> Vec<(hyper::Uri, &'static str, Bytes)> {
     let mut out = Vec::new();
+    if std::env::var("BENCH_FLOOR_POSTS").is_ok_and(|v| v.trim() == "0") {
+        // The push-only floor.
+        return out;
+    }
     if let Some(uri) = std::env::var("DISPATCH_POST_URI")
         .ok()
         .and_then(|u| u.parse().ok())
