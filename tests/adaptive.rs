@@ -27,6 +27,9 @@ fn slow_endpoints_are_not_waited_for_and_every_event_arrives_once() {
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                // Delivery at every invocation (no coalescing: tests/coalescing.rs), so that
+                // requests go out during most invocations.
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "0".into()),
             ],
         );
         cfg.invoke_duration_ms = 30;
@@ -161,6 +164,8 @@ fn metrics_leave_on_their_interval_and_at_shutdown_and_sum_to_what_was_sent() {
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
                 ("OTEL_METRIC_EXPORT_INTERVAL", "300".into()),
+                // Background flushes (which collect metrics when due) more often than that.
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "100".into()),
                 (
                     "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
                     "delta".into(),

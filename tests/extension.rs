@@ -142,6 +142,8 @@ fn min_batch_size_keeps_the_seeds_meaning() {
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("DISPATCH_MIN_BATCH_SIZE", "12".into()),
+                // At every invocation (not coalesced), so that invoke-time POSTs happen.
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "0".into()),
             ],
         ))
         .await;

@@ -134,6 +134,8 @@ fn a_slow_sink_holds_an_invoke_no_longer_than_the_flush_timeout() {
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_TIMEOUT_MS", FLUSH_TIMEOUT_MS.to_string()),
+                // A flush at every invocation (not coalesced), each to the slow sink.
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "0".into()),
             ],
         );
         cfg.shutdown_deadline_ms = 1200;
@@ -754,7 +756,7 @@ fn the_otlp_retry_buffer_keeps_the_newest_20000_records() {
 }
 
 #[test]
-fn peak_rss_stays_flat_over_a_thousand_invocations() {
+fn peak_rss_stays_flat_over_two_thousand_invocations() {
     block_on(async {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
@@ -764,7 +766,7 @@ fn peak_rss_stays_flat_over_a_thousand_invocations() {
             .expect("collector");
         let tag = format!("BRIDGE_TEST_TAG=rss-{}", std::process::id());
         let mut cfg = config(
-            1000,
+            2000,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
@@ -772,6 +774,11 @@ fn peak_rss_stays_flat_over_a_thousand_invocations() {
                     "BRIDGE_TEST_TAG",
                     tag.trim_start_matches("BRIDGE_TEST_TAG=").to_string(),
                 ),
+                // Deliveries coalesced over a quarter second: the largest batch (what a flush
+                // holds costs memory while it is mapped and encoded) is seen early, and what is
+                // left to see is growth per invocation. The default target's peak is the
+                // benchmark's figure (BENCHMARKS.md).
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "250".into()),
             ],
         );
         cfg.log_lines_per_invoke = 2;
@@ -784,11 +791,11 @@ fn peak_rss_stays_flat_over_a_thousand_invocations() {
         let (s2, c2) = (sink_handle.clone(), collector_handle.clone());
         cfg.progress = Some(Box::new(move |inv| {
             // Forget what the receivers recorded so the test's own memory stays flat too.
-            if inv.index % 100 == 99 {
+            if inv.index % 200 == 199 {
                 s2.clear();
                 c2.clear();
             }
-            if inv.index % 100 == 99 {
+            if inv.index % 200 == 199 {
                 if let Some(rss) = rss_of_tagged(&tag) {
                     into.lock().expect("lock").push((inv.index + 1, rss));
                 }
@@ -797,18 +804,19 @@ fn peak_rss_stays_flat_over_a_thousand_invocations() {
         let report = run(cfg).await;
         assert_clean(&report);
         let samples = samples.lock().expect("lock").clone();
-        assert_eq!(samples.len(), 10, "RSS sampled every 100 invocations");
+        assert_eq!(samples.len(), 10, "RSS sampled every 200 invocations");
         eprintln!("(invocations, (peak, current) kB): {samples:?}");
-        let (_, (peak_100, _)) = samples[0];
-        let (_, (peak_1000, _)) = samples[9];
-        // Warm-up (pools, buffers) is over by invocation 100.
+        let (_, (peak_600, _)) = samples[2];
+        let (_, (peak_2000, _)) = samples[9];
+        // Warm-up (pools, buffers, and the coalesced deliveries' largest batch: one delivery per
+        // quarter second, ~40 invocations each here) is over by invocation 600.
         assert!(
-            peak_1000 <= peak_100 + 512,
-            "peak RSS grew from {peak_100} kB to {peak_1000} kB"
+            peak_2000 <= peak_600 + 512,
+            "peak RSS grew from {peak_600} kB to {peak_2000} kB"
         );
-        // The trend of the current RSS from invocation 200 on (least squares), which one
+        // The trend of the current RSS from invocation 600 on (least squares), which one
         // allocator trim or spike cannot tip: a leak of 200 bytes per invocation would show.
-        let points: Vec<(f64, f64)> = samples[1..]
+        let points: Vec<(f64, f64)> = samples[2..]
             .iter()
             .map(|(n, (_, rss))| (*n as f64, *rss as f64 * 1024.0))
             .collect();
@@ -824,7 +832,7 @@ fn peak_rss_stays_flat_over_a_thousand_invocations() {
                 .sum::<f64>();
         assert!(
             slope < 200.0,
-            "RSS grows {slope:.0} bytes per invocation from invocation 200 to 1000: {samples:?}"
+            "RSS grows {slope:.0} bytes per invocation from invocation 600 to 2000: {samples:?}"
         );
         drop((sink_handle, collector_handle));
     });

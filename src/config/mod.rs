@@ -105,6 +105,9 @@ pub struct Config {
     pub flush_policy: FlushPolicy,
     /// `adaptive`: the longest telemetry should wait in the environment while traffic is steady.
     pub flush_max_delay: Duration,
+    /// `adaptive`, steady traffic: what is queued leaves once its oldest event is this old (or a
+    /// request's worth is queued), not at every invocation. Zero: at every invocation.
+    pub flush_freshness: Duration,
     pub flush_timeout: Duration,
     pub queue_max_events: usize,
     pub queue_max_bytes: usize,
@@ -144,6 +147,9 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// longer): fresh within a couple of seconds, and a function invoked every few seconds keeps its
 /// telemetry out of the freeze at the price of `end`.
 pub const DEFAULT_FLUSH_MAX_DELAY: Duration = Duration::from_millis(2_000);
+/// `adaptive`, steady traffic: one request per output per second at any invocation rate, and
+/// telemetry at the endpoints within about a second.
+pub const DEFAULT_FLUSH_FRESHNESS: Duration = Duration::from_millis(1_000);
 /// Under Managed Instances delivery runs on this timer by default: with the Telemetry API's
 /// buffering window and a round trip, telemetry is at the endpoints within about a second.
 pub const DEFAULT_MANAGED_INSTANCES_INTERVAL: Duration = Duration::from_millis(1_000);
@@ -218,6 +224,7 @@ impl Config {
             3_600_000,
             DEFAULT_FLUSH_MAX_DELAY.as_millis() as u32,
         )));
+        let flush_freshness = flush_freshness(env, flush_max_delay);
         let flush_timeout = Duration::from_millis(u64::from(env.ranged(
             "BRIDGE_FLUSH_TIMEOUT_MS",
             1,
@@ -255,6 +262,7 @@ impl Config {
             default_listener_host: default_listener_host.to_string(),
             flush_policy,
             flush_max_delay,
+            flush_freshness,
             flush_timeout,
             queue_max_events,
             queue_max_bytes,
@@ -287,6 +295,31 @@ fn parse_types(raw: &str) -> Option<Vec<TelemetryType>> {
 /// `BRIDGE_FLUSH` for the execution model. Under Managed Instances no invocation ends where the
 /// extension can see it (no INVOKE, no freeze): delivery runs on a timer, `periodic:<ms>` sets
 /// it, `adaptive` (the default) means its default interval, and `end` is refused.
+/// `BRIDGE_FLUSH_FRESHNESS_MS`: at most `BRIDGE_FLUSH_MAX_DELAY_MS`, beyond which telemetry is
+/// overdue and held for anyway.
+fn flush_freshness(env: &mut Env, max_delay: Duration) -> Duration {
+    let default = DEFAULT_FLUSH_FRESHNESS.min(max_delay);
+    let freshness = Duration::from_millis(u64::from(env.ranged(
+        "BRIDGE_FLUSH_FRESHNESS_MS",
+        0,
+        3_600_000,
+        default.as_millis() as u32,
+    )));
+    if freshness > max_delay {
+        env.issue(
+            "BRIDGE_FLUSH_FRESHNESS_MS",
+            freshness.as_millis().to_string(),
+            format!(
+                "0 to BRIDGE_FLUSH_MAX_DELAY_MS ({} ms)",
+                max_delay.as_millis()
+            ),
+            format!("using {} ms", max_delay.as_millis()),
+        );
+        return max_delay;
+    }
+    freshness
+}
+
 fn flush_policy(env: &mut Env, model: ExecutionModel) -> FlushPolicy {
     let managed = model.is_managed_instances();
     let default = if managed {

@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod cadence;
+pub mod event_loop;
 
 pub use api::{ExtensionsApi, LifecycleError, NextEvent, Registration};

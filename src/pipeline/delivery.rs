@@ -23,6 +23,8 @@ pub const MAX_BACKGROUND: usize = 4;
 
 enum Order {
     Kick,
+    /// Deliver what is queued at this instant (or at an earlier one already asked for).
+    KickAt(Instant),
     Tick,
     Flush {
         reason: FlushReason,
@@ -63,6 +65,13 @@ impl Delivery {
         if self.pipeline.has_pending() {
             let _ = self.orders.send(Order::Kick);
         }
+    }
+
+    /// Delivers what is queued at `at`, beside the lifecycle (steady `adaptive`: once the oldest
+    /// event reaches its freshness target). A kick before then delivers it sooner; an earlier
+    /// `at` already asked for stands.
+    pub fn kick_at(&self, at: Instant) {
+        let _ = self.orders.send(Order::KickAt(at));
     }
 
     /// A tick of the delivery timer (Managed Instances): delivers what is queued, and what a
@@ -189,23 +198,42 @@ async fn run(
     let mut draining = false;
     let mut kick_waiting = false;
     let mut waiters: Vec<Waiter> = Vec::new();
+    // A kick asked for later (`kick_at`): one timer, moved rather than made anew each time.
+    let mut kick_due: Option<Instant> = None;
+    let kick_timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(kick_timer);
     loop {
         tokio::select! {
+            () = &mut kick_timer, if kick_due.is_some() && !draining => {
+                kick_due = None;
+                if pipeline.has_pending() && !flights.start_background() {
+                    kick_waiting = true;
+                }
+            }
             // While paused, the next INVOKE's kick still delivers.
             () = pipeline.pressure.notified(), if drain_when_filling && !draining => {
                 start_unless_paused(&mut flights, pressure_paused_until, &mut kick_waiting);
             }
             order = orders.recv() => match order {
-                Some(Order::Kick | Order::Tick) if draining => {}
+                Some(Order::Kick | Order::KickAt(_) | Order::Tick) if draining => {}
+                Some(Order::KickAt(at)) => {
+                    if kick_due.is_none_or(|due| at < due) {
+                        kick_due = Some(at);
+                        kick_timer.as_mut().reset(at);
+                    }
+                }
                 Some(Order::Tick) => {
                     start_unless_paused(&mut flights, pressure_paused_until, &mut kick_waiting);
                 }
                 Some(Order::Kick) => {
+                    // It takes everything: what a later kick was asked for included.
+                    kick_due = None;
                     if !flights.start_background() {
                         kick_waiting = true;
                     }
                 }
                 Some(Order::Flush { reason, deadline, answer }) => {
+                    kick_due = None;
                     if reason == FlushReason::Shutdown {
                         draining = true;
                         kick_waiting = false;

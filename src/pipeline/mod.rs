@@ -178,6 +178,11 @@ impl Pipeline {
         self.queue().oldest_undelivered_since()
     }
 
+    /// What the sinks have not taken yet, and since when (see [`queue::Queue::untaken`]).
+    pub fn untaken(&self) -> queue::Untaken {
+        self.queue().untaken()
+    }
+
     pub fn sink_names(&self) -> Vec<&'static str> {
         self.sinks.iter().map(|s| s.name().as_str()).collect()
     }

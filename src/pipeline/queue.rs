@@ -25,6 +25,8 @@ struct SinkCursor {
     in_flight: Vec<u64>,
     /// Lost to the limits before this sink delivered them, since the last `take_dropped`.
     dropped: u64,
+    /// When `owed` last went from empty to not empty (a flight gave events back).
+    owed_since: Option<Instant>,
 }
 
 impl SinkCursor {
@@ -39,6 +41,15 @@ impl SinkCursor {
         }
         floor
     }
+}
+
+/// What sinks have not taken yet: the most any one sink has waiting, and since when the oldest
+/// of it waits (its arrival, or when a flight gave it back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Untaken {
+    pub oldest_since: Option<Instant>,
+    pub events: usize,
+    pub bytes: usize,
 }
 
 /// Events handed to one sink for one flight: the owed ones first, then fresh ones from
@@ -61,11 +72,13 @@ impl Taken {
 
 pub struct Queue {
     events: VecDeque<Event>,
-    /// The first sequence number of each push and when it arrived (for the age of the oldest
-    /// undelivered event).
-    arrivals: VecDeque<(u64, Instant)>,
+    /// Each push: its first sequence number, when it arrived (for the age of the oldest
+    /// undelivered event) and the bytes pushed before it (for what a sink has not taken).
+    arrivals: VecDeque<(u64, Instant, u64)>,
     base: u64,
     bytes: usize,
+    /// Bytes ever pushed.
+    pushed_bytes: u64,
     sinks: Vec<SinkCursor>,
     max_events: usize,
     max_bytes: usize,
@@ -78,6 +91,7 @@ impl Queue {
             arrivals: VecDeque::new(),
             base: 0,
             bytes: 0,
+            pushed_bytes: 0,
             sinks: (0..sinks).map(|_| SinkCursor::default()).collect(),
             max_events: max_events.max(1),
             max_bytes,
@@ -109,9 +123,11 @@ impl Queue {
         if self.sinks.is_empty() || events.is_empty() {
             return; // no sink: nothing to keep
         }
-        self.arrivals.push_back((self.end(), Instant::now()));
+        self.arrivals
+            .push_back((self.end(), Instant::now(), self.pushed_bytes));
         for event in events {
             self.bytes += event.size();
+            self.pushed_bytes += event.size() as u64;
             self.events.push_back(event);
         }
         while self.events.len() > self.max_events
@@ -160,6 +176,7 @@ impl Queue {
         let end = self.end();
         let sink = &mut self.sinks[i];
         let owed = std::mem::take(&mut sink.owed);
+        sink.owed_since = None;
         let fresh_start = sink.fresh.max(base);
         let mut events = Vec::with_capacity(owed.len() + (end - fresh_start) as usize);
         events.extend(
@@ -192,8 +209,14 @@ impl Queue {
         let returned: Vec<u64> = (done..taken.events.len()).map(|k| taken.seq(k)).collect();
         let lost = returned.iter().filter(|seq| **seq < base).count();
         sink.dropped += lost as u64;
+        if sink.owed.is_empty() {
+            sink.owed_since = Some(Instant::now());
+        }
         sink.owed
             .extend(returned.into_iter().filter(|seq| *seq >= base));
+        if sink.owed.is_empty() {
+            sink.owed_since = None;
+        }
         sink.owed.sort_unstable();
         sink.owed.dedup();
     }
@@ -214,10 +237,45 @@ impl Queue {
         if floor >= self.end() {
             return None;
         }
-        let at = self.arrivals.partition_point(|(first, _)| *first <= floor);
+        self.arrival_of(floor).map(|(when, _)| when)
+    }
+
+    /// When the push holding `seq` arrived, and the bytes pushed before it.
+    fn arrival_of(&self, seq: u64) -> Option<(Instant, u64)> {
+        let at = self.arrivals.partition_point(|(first, _, _)| *first <= seq);
         self.arrivals
             .get(at.saturating_sub(1))
-            .map(|(_, when)| *when)
+            .map(|(_, when, before)| (*when, *before))
+    }
+
+    /// What the sinks have not taken yet (owed events included). Bytes are counted by push: a
+    /// sink's cursor sits at a push's start except after the limits dropped events.
+    pub fn untaken(&self) -> Untaken {
+        let end = self.end();
+        let mut untaken = Untaken::default();
+        for sink in &self.sinks {
+            let fresh = sink.fresh.max(self.base);
+            let mut oldest = sink.owed_since;
+            let mut events = sink.owed.len();
+            let mut bytes = 0;
+            if fresh < end {
+                if let Some((when, before)) = self.arrival_of(fresh) {
+                    oldest = Some(oldest.map_or(when, |o| o.min(when)));
+                    bytes = (self.pushed_bytes - before) as usize;
+                }
+                events += (end - fresh) as usize;
+            }
+            for seq in &sink.owed {
+                bytes += self.events[(seq - self.base) as usize].size();
+            }
+            untaken.events = untaken.events.max(events);
+            untaken.bytes = untaken.bytes.max(bytes);
+            untaken.oldest_since = match (untaken.oldest_since, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        untaken
     }
 
     /// Releases events no sink can need again.
@@ -323,6 +381,37 @@ mod tests {
         q.settle(0, &taken, 2);
         q.trim();
         assert!(q.oldest_undelivered_since().is_none());
+    }
+
+    #[test]
+    fn untaken_counts_what_the_most_behind_sink_has_not_taken_and_since_when() {
+        let mut q = Queue::new(2, 100, 1 << 20);
+        assert_eq!(q.untaken(), Untaken::default());
+        q.push((0..2).map(ev).collect());
+        let first_push = q.untaken().oldest_since.expect("two untaken");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        q.push((2..5).map(ev).collect());
+        let all = q.untaken();
+        assert_eq!((all.events, all.bytes), (5, 5 * 7));
+        assert_eq!(all.oldest_since, Some(first_push));
+        // Sink 0 takes everything; sink 1 still has all five.
+        let taken = q.take(0).expect("five");
+        assert_eq!(q.untaken(), all);
+        let other = q.take(1).expect("five");
+        q.settle(1, &other, 5);
+        assert_eq!(
+            q.untaken(),
+            Untaken::default(),
+            "all taken (one flight out)"
+        );
+        // What a flight gives back is untaken again, dated from its return.
+        q.settle(0, &taken, 3);
+        let owed = q.untaken();
+        assert_eq!((owed.events, owed.bytes), (2, 2 * 7));
+        assert!(owed.oldest_since.expect("owed") > first_push);
+        let retry = q.take(0).expect("the two owed");
+        q.settle(0, &retry, 2);
+        assert_eq!(q.untaken(), Untaken::default());
     }
 
     #[test]

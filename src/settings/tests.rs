@@ -4,6 +4,7 @@ use super::*;
 use crate::config::{Buffering, FlushPolicy, TelemetryType, SANDBOX_HOST};
 use crate::sinks::otlp::config::{OtlpProtocol, Pricing, Temporality};
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// The settings, flattened for the assertions: the core's fields and the outputs'.
 struct Loaded {
@@ -373,4 +374,28 @@ fn managed_instances_is_detected_and_flushes_on_a_timer() {
         assert_eq!(c.flush_policy, FlushPolicy::End);
     }
     assert_eq!(load(&[]).0.flush_policy, FlushPolicy::Adaptive);
+}
+
+#[test]
+fn the_freshness_target_defaults_to_a_second_and_stays_within_the_max_delay() {
+    let (c, issues) = load(&[]);
+    assert!(issues.is_empty(), "{issues:?}");
+    assert_eq!(c.flush_freshness, Duration::from_millis(1_000));
+    let (c, issues) = load(&[("BRIDGE_FLUSH_FRESHNESS_MS", "0")]);
+    assert!(issues.is_empty(), "{issues:?}");
+    assert_eq!(c.flush_freshness, Duration::ZERO);
+    // Beyond BRIDGE_FLUSH_MAX_DELAY_MS telemetry is overdue anyway: one issue, the max delay.
+    let (c, issues) = load(&[
+        ("BRIDGE_FLUSH_FRESHNESS_MS", "5000"),
+        ("BRIDGE_FLUSH_MAX_DELAY_MS", "3000"),
+    ]);
+    assert_eq!(c.flush_freshness, Duration::from_millis(3_000));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].variable, "BRIDGE_FLUSH_FRESHNESS_MS");
+    // A max delay under the default target lowers the default with it, silently.
+    let (c, issues) = load(&[("BRIDGE_FLUSH_MAX_DELAY_MS", "400")]);
+    assert!(issues.is_empty(), "{issues:?}");
+    assert_eq!(c.flush_freshness, Duration::from_millis(400));
+    let (_, issues) = load(&[("BRIDGE_FLUSH_FRESHNESS_MS", "soon")]);
+    assert_eq!(issues[0].variable, "BRIDGE_FLUSH_FRESHNESS_MS");
 }

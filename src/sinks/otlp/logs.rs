@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 
+use super::attributes::TENANT_ID;
 use super::schema::parse_time;
 use crate::event::EventKind;
 
@@ -52,7 +53,7 @@ pub(super) fn log_record(
                         request_id = Some(id);
                     }
                     ("tenantId", serde_json::Value::String(tenant)) => {
-                        log.add_attribute(super::mapping::TENANT_ID, tenant)
+                        log.add_attribute(TENANT_ID, tenant)
                     }
                     (_, value) => log.add_attribute(key, json_to_any(value)),
                 }

@@ -6,6 +6,7 @@
 //! `ManualReader`: no background thread, nothing runs while Lambda is frozen).
 //! The opentelemetry-otlp exporters encode; [`transport`] sends within the flush deadline.
 
+mod attributes;
 pub mod config;
 mod exporters;
 mod instruments;

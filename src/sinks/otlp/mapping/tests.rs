@@ -3,6 +3,7 @@
 use super::*;
 use bytes::Bytes;
 use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use std::time::Duration;
 
