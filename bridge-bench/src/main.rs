@@ -5,6 +5,7 @@
 mod billed;
 mod cgroup;
 mod cost;
+mod event_path;
 mod fleet_series;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,10 @@ OPTIONS:
                           CPU-bound scenario; a Markdown table with the issue's budgets
                           (--runs default 3, --invocations default 200)
     --skip-cpu-bound      with --cost: leave the CPU-bound scenario out
+    --per-event           instead: CPU per event by kind (start, runtimeDone, report, function log
+                          line as text and as JSON): the extension's event path run in this
+                          process on one thread, both outputs on, endpoints on another thread
+                          (also printed by --cost)
     --cpu-bound           instead: only the CPU-bound function scenario: the function burns
                           --cpu-fn-ms of CPU per invocation in a process of its own
                           (bench-cpu-function), in the same cgroup as the extension at a 128 MB
@@ -99,6 +104,7 @@ struct Args {
     only: billed::Only,
     fleet: bool,
     cost: bool,
+    per_event: bool,
     cpu_bound: bool,
     skip_cpu_bound: bool,
     cpu_fn_ms: f64,
@@ -127,6 +133,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         only: billed::Only::default(),
         fleet: false,
         cost: false,
+        per_event: false,
         cpu_bound: false,
         skip_cpu_bound: false,
         cpu_fn_ms: 20.0,
@@ -168,6 +175,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--full-cpu" => a.full_cpu = true,
             "--only" => a.only = billed::Only::parse(&it.next().ok_or("--only needs a value")?),
             "--cost" => a.cost = true,
+            "--per-event" => a.per_event = true,
             "--cpu-bound" => a.cpu_bound = true,
             "--skip-cpu-bound" => a.skip_cpu_bound = true,
             "--cpu-fn-ms" => {
@@ -1106,7 +1114,12 @@ async fn run(args: Args) -> Result<bool, String> {
         bridge_env: args.bridge_env.clone(),
     };
     let judge = args.check && !args.quick;
+    if args.per_event {
+        event_path::run(args.quick).await?;
+        return Ok(true);
+    }
     if args.cost {
+        event_path::run(args.quick).await?;
         let (complete, within) = cost::run_cost(&bins, &opts, args.skip_cpu_bound).await?;
         return Ok(complete && (within || !judge));
     }
