@@ -67,6 +67,8 @@ pub struct EventLoop {
     invocations: u64,
     /// Shared with the pushes started beside the lifecycle.
     pusher: Option<Arc<tokio::sync::Mutex<Pusher>>>,
+    /// The delivery asked for beside the lifecycle (`Delivery::kick_at`) and not yet due.
+    kick_asked_for: Option<Instant>,
 }
 
 /// Delivers what is queued every `every`, beside the lifecycle, and pushes the self-metrics when
@@ -148,6 +150,7 @@ impl EventLoop {
             timer,
             last_flush: Instant::now(),
             last_request: None,
+            kick_asked_for: None,
             invocations: 0,
             pusher,
         }
@@ -240,7 +243,7 @@ impl EventLoop {
     /// Steady traffic: what is queued leaves together once its oldest event is
     /// `BRIDGE_FLUSH_FRESHNESS_MS` old, or at once when a request's worth waits, so that an
     /// output gets about one request per freshness target at any invocation rate.
-    fn deliver_when_due(&self) {
+    fn deliver_when_due(&mut self) {
         let freshness = self.config.flush_freshness;
         if freshness.is_zero() {
             self.delivery.kick();
@@ -254,12 +257,17 @@ impl EventLoop {
         // age counts from then.
         let window = Duration::from_millis(self.config.buffering.timeout_ms.into());
         let due = oldest + freshness.saturating_sub(window);
-        if untaken.events >= REQUEST_EVENTS
-            || untaken.bytes >= REQUEST_BYTES
-            || due <= Instant::now()
-        {
+        let now = Instant::now();
+        if untaken.events >= REQUEST_EVENTS || untaken.bytes >= REQUEST_BYTES || due <= now {
+            self.kick_asked_for = None;
             self.delivery.kick();
-        } else {
+        } else if self
+            .kick_asked_for
+            .is_none_or(|asked| asked <= now || due < asked)
+        {
+            // Asked once per delivery, not at every invocation (a message and a wake-up of the
+            // delivery task each): the one asked for still stands until its instant.
+            self.kick_asked_for = Some(due);
             self.delivery.kick_at(due);
         }
     }
@@ -277,6 +285,8 @@ impl EventLoop {
         let Some(reason) = self.holds(&request_id) else {
             return;
         };
+        // The flush below takes everything, the delivery asked for included.
+        self.kick_asked_for = None;
         let started = Instant::now();
         if self.waits_for_runtime_done() {
             // A timed-out invoke's runtimeDone is emitted at the deadline; allow the flush

@@ -12,6 +12,7 @@ mod exporters;
 mod instruments;
 mod logs;
 pub mod mapping;
+mod pending;
 pub mod resource;
 mod schema;
 mod spans;
@@ -42,6 +43,7 @@ use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
 use config::{OtlpConfig, Temporality};
 use exporters::Exporters;
 use mapping::Mapper;
+use pending::{Mark, Pending};
 pub use resource::{build_resource, FunctionIdentity};
 use transport::Outcome;
 
@@ -127,8 +129,8 @@ struct OtlpState {
     _logger_provider: Option<SdkLoggerProvider>,
     http: Arc<LazyClient>,
     exporters: OnceLock<Result<Exporters, String>>,
-    spans: Mutex<VecDeque<SpanData>>,
-    logs: Mutex<VecDeque<SdkLogRecord>>,
+    spans: Mutex<Pending<SpanData>>,
+    logs: Mutex<Pending<SdkLogRecord>>,
     metrics: Mutex<VecDeque<ResourceMetrics>>,
     /// When metrics were last collected (background flushes collect on this clock).
     metrics_collected_at: Mutex<Option<Instant>>,
@@ -191,8 +193,8 @@ impl OtlpState {
             _logger_provider: logger_provider,
             http,
             exporters: OnceLock::new(),
-            spans: Mutex::new(VecDeque::new()),
-            logs: Mutex::new(VecDeque::new()),
+            spans: Mutex::new(Pending::new()),
+            logs: Mutex::new(Pending::new()),
             metrics: Mutex::new(VecDeque::new()),
             metrics_collected_at: Mutex::new(None),
             exporting: tokio::sync::Mutex::new(()),
@@ -242,14 +244,14 @@ impl OtlpState {
         let mapped = mapper.take();
         drop(mapper);
         if self.config.traces.is_some() {
-            let dropped = push_bounded(&mut lock(&self.spans), mapped.spans, MAX_PENDING_SPANS);
+            let dropped = lock(&self.spans).push_bounded(mapped.spans, MAX_PENDING_SPANS);
             if dropped > 0 {
                 METRICS.dropped(TRACES, Dropped::Overflow, dropped);
                 tracing::warn!(dropped, "OTLP: span buffer full; oldest spans dropped");
             }
         }
         if self.config.logs.is_some() {
-            let dropped = push_bounded(&mut lock(&self.logs), mapped.logs, MAX_PENDING_LOGS);
+            let dropped = lock(&self.logs).push_bounded(mapped.logs, MAX_PENDING_LOGS);
             if dropped > 0 {
                 METRICS.dropped(LOGS, Dropped::Overflow, dropped);
                 tracing::warn!(dropped, "OTLP: log buffer full; oldest records dropped");
@@ -284,23 +286,25 @@ impl OtlpState {
             return;
         };
         loop {
-            let batch: Vec<SpanData> = lock(&self.spans)
-                .iter()
-                .take(MAX_SPANS_PER_EXPORT)
-                .cloned()
-                .collect();
+            let (batch, mark) = lock(&self.spans).front(MAX_SPANS_PER_EXPORT);
             if batch.is_empty() {
                 return;
             }
             let n = batch.len();
             client.set_deadline(deadline);
             let Some(result) = self
-                .guarded(TRACES, n, &self.spans, exporter.export(batch))
+                .guarded(TRACES, (mark, n), &self.spans, exporter.export(batch))
                 .await
             else {
                 continue;
             };
-            if !self.settle(TRACES, result, client.take_outcome(), n, &self.spans) {
+            if !self.settle(
+                TRACES,
+                result,
+                client.take_outcome(),
+                (mark, n),
+                &self.spans,
+            ) {
                 return;
             }
         }
@@ -315,11 +319,7 @@ impl OtlpState {
             return;
         };
         loop {
-            let batch: Vec<SdkLogRecord> = lock(&self.logs)
-                .iter()
-                .take(MAX_LOGS_PER_EXPORT)
-                .cloned()
-                .collect();
+            let (batch, mark) = lock(&self.logs).front(MAX_LOGS_PER_EXPORT);
             if batch.is_empty() {
                 return;
             }
@@ -328,10 +328,10 @@ impl OtlpState {
                 batch.iter().map(|r| (r, &self.scope)).collect();
             client.set_deadline(deadline);
             let export = exporter.export(LogBatch::new(&pairs));
-            let Some(result) = self.guarded(LOGS, n, &self.logs, export).await else {
+            let Some(result) = self.guarded(LOGS, (mark, n), &self.logs, export).await else {
                 continue;
             };
-            if !self.settle(LOGS, result, client.take_outcome(), n, &self.logs) {
+            if !self.settle(LOGS, result, client.take_outcome(), (mark, n), &self.logs) {
                 return;
             }
         }
@@ -394,17 +394,17 @@ impl OtlpState {
     /// Runs one export of the first `n` pending items, isolating a panic in the encoder: that
     /// batch is dropped (counted, one ERROR line) instead of being retried at every flush, where
     /// it would stop the signal for good. `None` when it panicked.
-    async fn guarded<T>(
+    async fn guarded<T: Clone>(
         &self,
         sink: SinkLabel,
-        n: usize,
-        pending: &Mutex<VecDeque<T>>,
+        (mark, n): (Mark, usize),
+        pending: &Mutex<Pending<T>>,
         export: impl std::future::Future<Output = OTelSdkResult>,
     ) -> Option<OTelSdkResult> {
         match CatchPanic(Box::pin(export)).await {
             Ok(result) => Some(result),
             Err(()) => {
-                lock(pending).drain(..n);
+                lock(pending).release(mark, n);
                 METRICS.dropped(sink, Dropped::Unencodable, n as u64);
                 tracing::error!(
                     sink = %sink,
@@ -417,23 +417,23 @@ impl OtlpState {
     }
 
     /// Books one export's result against a pending buffer; true to continue with the next batch.
-    fn settle<T>(
+    fn settle<T: Clone>(
         &self,
         sink: SinkLabel,
         result: OTelSdkResult,
         outcome: Option<Outcome>,
-        n: usize,
-        pending: &Mutex<VecDeque<T>>,
+        (mark, n): (Mark, usize),
+        pending: &Mutex<Pending<T>>,
     ) -> bool {
         match (result, outcome) {
             (Ok(()), _) => {
-                lock(pending).drain(..n);
+                lock(pending).release(mark, n);
                 METRICS.items_delivered(sink, n as u64);
                 tracing::debug!(sink = %sink, items = n, "OTLP export delivered");
                 true
             }
             (Err(e), Some(Outcome::Rejected(status))) => {
-                lock(pending).drain(..n);
+                lock(pending).release(mark, n);
                 METRICS.failed(sink, Failure::Rejected);
                 METRICS.dropped(sink, Dropped::Rejected, n as u64);
                 tracing::error!(sink = %sink, status, endpoint = %self.endpoint(sink), items = n, error = %e, "OTLP export rejected; batch dropped (not retried)");
@@ -475,13 +475,6 @@ impl OtlpState {
             self.export_logs(ctx.deadline)
         );
     }
-}
-
-fn push_bounded<T>(buffer: &mut VecDeque<T>, items: Vec<T>, max: usize) -> u64 {
-    buffer.extend(items);
-    let excess = buffer.len().saturating_sub(max);
-    buffer.drain(..excess);
-    excess as u64
 }
 
 impl Sink for OtlpSink {
