@@ -175,6 +175,26 @@ fn bridge_bench_cost_produces_every_figure() {
         assert!(value(&burned[k]) >= 19.0, "{stdout}");
     }
     assert!(stdout.contains("full CPU, no cgroup"), "{stdout}");
+    // CPU per event by kind: | event | µs |, a finite figure for each kind (a difference of
+    // two runs: on a busy machine a quick run may even make it slightly negative).
+    for kind in [
+        "platform.start",
+        "platform.runtimeDone",
+        "platform.report",
+        "function log line, text",
+        "function log line, JSON",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {kind} |")))
+            .unwrap_or_else(|| panic!("no CPU per event row for {kind}:\n{stdout}"));
+        let us = line
+            .split('|')
+            .nth(2)
+            .and_then(|c| c.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        assert!(us.is_finite(), "{kind}: {line}");
+    }
 }
 
 #[test]

@@ -8,7 +8,6 @@ use opentelemetry::logs::LogRecord as _;
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use opentelemetry_sdk::logs::SdkLogRecord;
 
-use super::open::Invocation;
 use super::{Mapper, TENANT_ID};
 use crate::event::EventKind;
 use crate::sinks::otlp::logs;
@@ -20,17 +19,6 @@ pub(super) struct LogJoin {
     pub(super) span_id: SpanId,
     pub(super) flags: TraceFlags,
     pub(super) tenant_id: Option<String>,
-}
-
-impl From<&Invocation> for LogJoin {
-    fn from(i: &Invocation) -> LogJoin {
-        LogJoin {
-            trace_id: i.trace_id,
-            span_id: i.span_id,
-            flags: i.flags,
-            tenant_id: i.tenant_id.clone(),
-        }
-    }
 }
 
 impl Mapper {

@@ -30,6 +30,18 @@ pub(super) struct Invocation {
     pub(super) runtime_duration_ms: Option<f64>,
 }
 
+/// What a log record that comes after its invocation ended needs of it.
+impl From<&Invocation> for LogJoin {
+    fn from(i: &Invocation) -> LogJoin {
+        LogJoin {
+            trace_id: i.trace_id,
+            span_id: i.span_id,
+            flags: i.flags,
+            tenant_id: i.tenant_id.clone(),
+        }
+    }
+}
+
 impl Mapper {
     pub(super) fn invocation(
         &mut self,
