@@ -260,6 +260,20 @@ fn initialization_type(cfg: &SimConfig) -> &'static str {
     }
 }
 
+/// The X-Ray context of invocation `i` (from 0): `SimConfig::xray`, `unsampled_every`, `trace_seed`.
+fn trace_for(cfg: &SimConfig, i: usize) -> Option<Trace> {
+    if !cfg.xray {
+        return None;
+    }
+    let sampled = !cfg
+        .unsampled_every
+        .is_some_and(|n| n > 0 && (i + 1) % n == 0);
+    Some(match cfg.trace_seed {
+        Some(seed) => Trace::seeded(seed, i, sampled),
+        None => Trace::with(&mut fastrand::Rng::new(), sampled),
+    })
+}
+
 /// The tenant of invocation `i` (`SimConfig::tenants`), spread round-robin.
 fn tenant_for(cfg: &SimConfig, i: usize) -> Option<String> {
     (cfg.tenants > 0).then(|| format!("tenant-{}", i % cfg.tenants + 1))
@@ -773,7 +787,7 @@ impl Driver {
                     version: self.cfg.function_version.clone(),
                     request_id: events::uuid(),
                     tenant_id: tenant_for(&self.cfg, started),
-                    trace: self.cfg.xray.then(Trace::new),
+                    trace: trace_for(&self.cfg, started),
                     status,
                     error_type,
                     // A pause before each start keeps `between_invokes_ms` per slot.
@@ -835,7 +849,7 @@ impl Driver {
     ) -> Option<Invoked> {
         let function_timeout = Duration::from_millis(self.cfg.function_timeout_ms);
         let request_id = events::uuid();
-        let trace = self.cfg.xray.then(Trace::new);
+        let trace = trace_for(&self.cfg, i);
         let tenant_id = tenant_for(&self.cfg, i);
         self.emit(events::with_tenant(
             events::platform_start(

@@ -70,19 +70,48 @@ pub struct Trace {
 impl Trace {
     /// A new sampled trace context, rooted at the current time.
     pub fn new() -> Trace {
+        Trace::with(&mut fastrand::Rng::new(), true)
+    }
+
+    /// A trace context from `rng` (a seeded one repeats its ids run after run), its header
+    /// saying `Sampled=1` or `Sampled=0`. The epoch part is fixed for a seeded `rng`, so that two
+    /// runs give the same trace ids.
+    pub fn with(rng: &mut fastrand::Rng, sampled: bool) -> Trace {
+        let mut hex = |n: usize| -> String {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            (0..n)
+                .map(|_| char::from(DIGITS[rng.usize(..16)]))
+                .collect()
+        };
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let root = format!("1-{:08x}-{}", secs & 0xffff_ffff, random_hex(24));
-        let parent = random_hex(16);
-        let header = format!("Root={root};Parent={parent};Sampled=1");
+        let root = format!("1-{:08x}-{}", secs & 0xffff_ffff, hex(24));
+        let parent = hex(16);
+        let span_id = hex(16);
+        let header = format!(
+            "Root={root};Parent={parent};Sampled={}",
+            if sampled { 1 } else { 0 }
+        );
         Trace {
             root,
             parent,
-            span_id: random_hex(16),
+            span_id,
             header,
         }
+    }
+
+    /// [`Trace::with`] for invocation `index` of a run seeded with `seed`: the same ids in every
+    /// run with that seed (the epoch part `5f5e1000`, a fixed time), whatever else varies.
+    pub fn seeded(seed: u64, index: usize, sampled: bool) -> Trace {
+        let mut rng =
+            fastrand::Rng::with_seed(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut trace = Trace::with(&mut rng, sampled);
+        let fixed = format!("1-5f5e1000-{}", &trace.root[11..]);
+        trace.header = trace.header.replacen(&trace.root, &fixed, 1);
+        trace.root = fixed;
+        trace
     }
 
     /// The `tracing` object of platform events: `{spanId, type, value}`.

@@ -143,6 +143,11 @@ pub struct SimConfig {
     pub own_process_group: bool,
     /// Give INVOKE and the platform events an X-Ray tracing header.
     pub xray: bool,
+    /// Every Nth invocation's X-Ray header says `Sampled=0` (nothing upstream traced it).
+    pub unsampled_every: Option<usize>,
+    /// Trace ids from this seed: two runs with the same seed give their invocations the same
+    /// trace ids (`None`, the default: random ones).
+    pub trace_seed: Option<u64>,
     /// Emit `platform.restore*` events (SnapStart restore) instead of `platform.init*`.
     pub snap_start: bool,
     /// Before handing over SHUTDOWN, force delivery of everything buffered, ignoring the
@@ -214,6 +219,8 @@ impl Default for SimConfig {
             capture_output: true,
             own_process_group: false,
             xray: true,
+            unsampled_every: None,
+            trace_seed: None,
             snap_start: false,
             flush_before_shutdown: false,
             withhold_last_report: false,

@@ -14,6 +14,23 @@ use prometheus::{
 };
 
 use crate::event::EventKind;
+use crate::sinks::otlp::sampling::Decision;
+
+const SAMPLING_DECISIONS: [Decision; 4] = [
+    Decision::Sampled,
+    Decision::SampledOut,
+    Decision::KeptFailed,
+    Decision::KeptSlow,
+];
+
+const fn decision_label(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Sampled => "sampled",
+        Decision::SampledOut => "sampled_out",
+        Decision::KeptFailed => "kept_failed",
+        Decision::KeptSlow => "kept_slow",
+    }
+}
 
 /// The output a series is about (label `sink`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +211,8 @@ pub struct SelfMetrics {
     pub queue_depth_bytes: IntGauge,
     flush_duration: HistogramVec,
     pub invocations: IntCounter,
+    /// One child per decision, resolved once.
+    sampling_decisions: Vec<IntCounter>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -250,7 +269,18 @@ impl SelfMetrics {
         for reason in Refused::USUAL {
             listener_rejected.with_label_values(&[reason.as_str()]);
         }
+        let sampling = counter_vec(
+            &registry,
+            "bridge_sampling_decisions_total",
+            "Traces (invocations, init and restore phases) by the sampling decision: sampled, \
+             sampled_out, kept_failed, kept_slow",
+            &["decision"],
+        );
         SelfMetrics {
+            sampling_decisions: SAMPLING_DECISIONS
+                .iter()
+                .map(|d| sampling.with_label_values(&[decision_label(*d)]))
+                .collect(),
             events_received: KINDS
                 .iter()
                 .map(|k| received.with_label_values(&[k.label()]))
@@ -379,6 +409,17 @@ impl SelfMetrics {
         self.flush_duration
             .with_label_values(&[trigger.as_str()])
             .observe(seconds);
+    }
+
+    /// An invocation's (or a phase's) spans were exported or left out.
+    pub fn sampling_decided(&self, decision: Decision) {
+        if let Some(counter) = SAMPLING_DECISIONS
+            .iter()
+            .position(|d| *d == decision)
+            .and_then(|i| self.sampling_decisions.get(i))
+        {
+            counter.inc();
+        }
     }
 
     pub fn event_received(&self, kind: EventKind) {

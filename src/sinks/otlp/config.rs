@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::sampling::Sampling;
 use crate::config::env::Env;
 use crate::config::url::{add_authorization, endpoint_url, parse_headers, redact_url};
 
@@ -64,6 +65,8 @@ pub struct OtlpConfig {
     pub service_name: Option<String>,
     pub resource_attributes: Vec<(String, String)>,
     pub pricing: Pricing,
+    /// Which invocations' spans leave (`OTEL_TRACES_SAMPLER`, the tail rules).
+    pub sampling: Sampling,
 }
 
 /// Prices for the estimated-cost metric, in USD.
@@ -125,6 +128,7 @@ impl OtlpConfig {
     pub fn read(env: &mut Env) -> Option<OtlpConfig> {
         // Read first, so that its issues are reported whether or not OTLP is on.
         let pricing = Pricing::read(env);
+        let sampling = Sampling::read(env);
         let disabled = env.flag(
             "OTEL_SDK_DISABLED",
             false,
@@ -182,6 +186,7 @@ impl OtlpConfig {
             service_name: env.get("OTEL_SERVICE_NAME"),
             resource_attributes,
             pricing,
+            sampling,
         })
     }
 }

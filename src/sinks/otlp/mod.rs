@@ -14,6 +14,7 @@ mod logs;
 pub mod mapping;
 mod pending;
 pub mod resource;
+pub mod sampling;
 mod schema;
 mod spans;
 pub mod transport;
@@ -183,6 +184,7 @@ impl OtlpState {
                 &meter,
                 logger,
                 pricing,
+                config.sampling,
                 identity.managed_instances,
             )),
             config,

@@ -52,6 +52,10 @@ impl Mapper {
         invocation.runtime_duration_ms = record.metrics.duration_ms;
         let (trace_id, span_id, flags) =
             (invocation.trace_id, invocation.span_id, invocation.flags);
+        let failed = is_error_status(&record.status);
+        if !self.exported(&record.request_id, failed, record.metrics.duration_ms) {
+            return; // sampled out: its spans are never built
+        }
         let span = self.invocation_span(
             &record.request_id,
             start,
@@ -160,12 +164,17 @@ impl Mapper {
         let (trace_id, span_id, flags) =
             (invocation.trace_id, invocation.span_id, invocation.flags);
         let started = invocation.start;
+        // Decided at runtimeDone; the extensions' overhead follows its invocation's span.
+        let exported = invocation.exported.unwrap_or(true);
         match ended_at {
             Some(runtime_end) => {
                 // What the report adds beyond runtimeDone is the extensions' post-runtime time.
                 if let (Some(total), Some(runtime)) = (total_ms, runtime_ms) {
                     let overhead = (total - runtime).max(0.0);
                     self.instruments.record_post_runtime(overhead);
+                }
+                if let (Some(total), Some(runtime), true) = (total_ms, runtime_ms, exported) {
+                    let overhead = (total - runtime).max(0.0);
                     let child = Span::child(
                         (trace_id, flags),
                         span_id,
@@ -202,20 +211,27 @@ impl Mapper {
                     (Some(start), Some(total)) => after(start, total),
                     _ => time,
                 };
-                let span = self.invocation_span(
-                    &record.request_id,
-                    start,
-                    end,
-                    &record.status,
-                    record.error_type.as_deref(),
-                    false,
-                );
-                self.out.spans.extend(span);
-                self.phase_children((trace_id, flags), span_id, &record.spans);
+                let failed = is_error_status(&record.status);
+                if self.exported(&record.request_id, failed, total_ms) {
+                    let span = self.invocation_span(
+                        &record.request_id,
+                        start,
+                        end,
+                        &record.status,
+                        record.error_type.as_deref(),
+                        false,
+                    );
+                    self.out.spans.extend(span);
+                    self.phase_children((trace_id, flags), span_id, &record.spans);
+                }
             }
         }
         self.end(&record.request_id);
-        if let Some(at) = self.arrival.iter().position(|r| r == &record.request_id) {
+        self.forget_arrival(&record.request_id);
+    }
+
+    fn forget_arrival(&mut self, request_id: &str) {
+        if let Some(at) = self.arrival.iter().position(|r| r == request_id) {
             self.arrival.remove(at);
         }
     }

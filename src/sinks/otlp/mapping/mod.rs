@@ -33,6 +33,7 @@ use opentelemetry_sdk::trace::SpanData;
 pub(super) use super::attributes::TENANT_ID;
 use super::config::Pricing;
 use super::instruments::Instruments;
+use super::sampling::Sampling;
 use super::schema::{
     merge, typed, LogsDroppedRecord, PhaseRecord, ReportRecord, RuntimeDoneRecord, StartRecord,
 };
@@ -70,6 +71,7 @@ pub struct Mapper {
     instruments: Instruments,
     logger: Option<SdkLogger>,
     pricing: Pricing,
+    sampling: Sampling,
     invocations: HashMap<String, Invocation>,
     arrival: VecDeque<String>,
     notes: HashMap<String, InvokeInfo>,
@@ -96,6 +98,7 @@ impl Mapper {
         meter: &Meter,
         logger: Option<SdkLogger>,
         pricing: Pricing,
+        sampling: Sampling,
         managed_instances: bool,
     ) -> Mapper {
         Mapper {
@@ -104,6 +107,7 @@ impl Mapper {
             instruments: Instruments::new(meter),
             logger,
             pricing,
+            sampling,
             invocations: HashMap::new(),
             arrival: VecDeque::new(),
             notes: HashMap::new(),

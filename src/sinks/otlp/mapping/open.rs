@@ -11,6 +11,7 @@ use super::log_join::LogJoin;
 use super::{
     Mapper, MAX_OPEN_AGE, MAX_OPEN_INVOCATIONS, RECENTLY_ENDED, RECENTLY_ENDED_DEFAULT_MODEL,
 };
+use crate::self_metrics::METRICS;
 use crate::sinks::otlp::schema::TracingRecord;
 use crate::sinks::otlp::spans::{random_span_id, random_trace_id};
 use crate::sinks::otlp::xray;
@@ -27,6 +28,10 @@ pub(super) struct Invocation {
     pub(super) tenant_id: Option<String>,
     /// Set when the invocation span has been emitted (at runtimeDone).
     pub(super) ended_at: Option<SystemTime>,
+    /// The sampler's decision, from the trace id and the X-Ray header's `Sampled` flag.
+    pub(super) head_sampled: bool,
+    /// Whether its spans leave, decided once its outcome is known (`None` until then).
+    pub(super) exported: Option<bool>,
     pub(super) runtime_duration_ms: Option<f64>,
 }
 
@@ -56,6 +61,10 @@ impl Mapper {
                 .and_then(|t| t.value.clone())
                 .or_else(|| note.as_ref().and_then(|n| n.tracing.clone()));
             let xray = header.as_deref().and_then(xray::parse);
+            let trace_id = xray.map_or_else(random_trace_id, |x| x.trace_id);
+            let head_sampled = self
+                .sampling
+                .head(trace_id, xray.map(|x| x.flags.is_sampled()));
             let span_id = tracing
                 .and_then(|t| t.span_id.as_deref())
                 .and_then(|s| SpanId::from_hex(s).ok())
@@ -74,7 +83,7 @@ impl Mapper {
             self.invocations.insert(
                 request_id.to_string(),
                 Invocation {
-                    trace_id: xray.map_or_else(random_trace_id, |x| x.trace_id),
+                    trace_id,
                     span_id,
                     parent: xray.and_then(|x| x.parent),
                     flags: xray.map_or(TraceFlags::SAMPLED, |x| x.flags),
@@ -85,6 +94,8 @@ impl Mapper {
                     tenant_id: None,
                     ended_at: None,
                     runtime_duration_ms: None,
+                    head_sampled,
+                    exported: None,
                 },
             );
         }
@@ -144,6 +155,28 @@ impl Mapper {
         self.ended_order.push_back(request_id.to_string());
     }
 
+    /// Whether an invocation's spans leave, decided at its first call (when its outcome is
+    /// known: `failed`, the runtime's duration) and remembered for its later spans. Counted once
+    /// per invocation in the bridge's own metrics.
+    pub(super) fn exported(
+        &mut self,
+        request_id: &str,
+        failed: bool,
+        duration_ms: Option<f64>,
+    ) -> bool {
+        let sampling = self.sampling;
+        let Some(invocation) = self.invocations.get_mut(request_id) else {
+            return true;
+        };
+        if let Some(exported) = invocation.exported {
+            return exported;
+        }
+        let decision = sampling.decide(invocation.head_sampled, failed, duration_ms);
+        METRICS.sampling_decided(decision);
+        invocation.exported = Some(decision.exported());
+        decision.exported()
+    }
+
     /// Exports the span of an invocation whose end was not seen, marked incomplete.
     pub(super) fn close_incomplete(&mut self, request_id: &str, now: SystemTime) {
         let start = self
@@ -151,8 +184,11 @@ impl Mapper {
             .get(request_id)
             .and_then(|i| i.start)
             .unwrap_or(now);
-        let span = self.invocation_span(request_id, start, now, "incomplete", None, true);
-        self.out.spans.extend(span);
+        // An end never seen is kept as a failure is (a crash or a timeout, most likely).
+        if self.exported(request_id, true, None) {
+            let span = self.invocation_span(request_id, start, now, "incomplete", None, true);
+            self.out.spans.extend(span);
+        }
         if let Some(i) = self.invocations.get_mut(request_id) {
             i.ended_at = Some(now);
         }

@@ -9,6 +9,7 @@ use opentelemetry_sdk::trace::SpanLinks;
 
 use super::Mapper;
 use crate::event::EventKind;
+use crate::self_metrics::METRICS;
 use crate::sinks::otlp::schema::{after, is_error_status, ms, PhaseRecord};
 use crate::sinks::otlp::spans::{random_span_id, random_trace_id, Span};
 
@@ -86,6 +87,16 @@ impl Mapper {
             attributes.push(KeyValue::new("aws.lambda.duration_ms", d));
         }
         let status_text = record.status.clone().unwrap_or_else(|| "success".into());
+        // The phase is a trace of its own, with no parent: the sampler's root decides. The
+        // slow rule is about invocations (an init is slower than most of them by nature).
+        let failed = incomplete || is_error_status(&status_text);
+        let decision = self
+            .sampling
+            .decide(self.sampling.head(trace_id, None), failed, None);
+        METRICS.sampling_decided(decision);
+        if !decision.exported() {
+            return;
+        }
         let status = if incomplete {
             attributes.push(KeyValue::new("aws.lambda.incomplete", true));
             Status::error("incomplete: no report before shutdown")

@@ -27,6 +27,7 @@ fn mapper_for(managed_instances: bool, with_logs: bool) -> Mapper {
         &meter,
         logger,
         Pricing::for_arch("x86_64"),
+        Sampling::default(),
         managed_instances,
     )
 }
