@@ -413,13 +413,8 @@ impl SelfMetrics {
 
     /// An invocation's (or a phase's) spans were exported or left out.
     pub fn sampling_decided(&self, decision: Decision) {
-        if let Some(counter) = SAMPLING_DECISIONS
-            .iter()
-            .position(|d| *d == decision)
-            .and_then(|i| self.sampling_decisions.get(i))
-        {
-            counter.inc();
-        }
+        // SAMPLING_DECISIONS lists the variants in declaration order.
+        self.sampling_decisions[decision as usize].inc();
     }
 
     pub fn event_received(&self, kind: EventKind) {

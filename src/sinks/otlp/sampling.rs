@@ -117,11 +117,6 @@ impl Sampling {
         }
     }
 
-    /// Whether any span can be left out (else the mapper skips the bookkeeping).
-    pub fn samples(&self) -> bool {
-        self.sampler != Sampler::AlwaysOn
-    }
-
     /// `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and the tail rules; a bad value is an
     /// issue and the default (every span leaves) is used for that setting.
     pub fn read(env: &mut Env) -> Sampling {

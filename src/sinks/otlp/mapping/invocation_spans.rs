@@ -50,22 +50,37 @@ impl Mapper {
         });
         invocation.ended_at = Some(time);
         invocation.runtime_duration_ms = record.metrics.duration_ms;
-        let (trace_id, span_id, flags) =
-            (invocation.trace_id, invocation.span_id, invocation.flags);
-        let failed = is_error_status(&record.status);
-        if !self.exported(&record.request_id, failed, record.metrics.duration_ms) {
-            return; // sampled out: its spans are never built
-        }
-        let span = self.invocation_span(
+        self.emit_ended(
             &record.request_id,
-            start,
-            time,
+            (start, time),
             &record.status,
             record.error_type.as_deref(),
-            false,
+            record.metrics.duration_ms,
+            &record.spans,
         );
+    }
+
+    /// An ended invocation's span and its phases as children, unless the sampling decision,
+    /// taken here from its outcome, leaves them out (then they are never built).
+    fn emit_ended(
+        &mut self,
+        request_id: &str,
+        (start, end): (SystemTime, SystemTime),
+        status: &str,
+        error_type: Option<&str>,
+        duration_ms: Option<f64>,
+        phases: &[PhaseSpanRecord],
+    ) {
+        if !self.exported(request_id, is_error_status(status), duration_ms) {
+            return;
+        }
+        let Some(invocation) = self.invocations.get(request_id) else {
+            return;
+        };
+        let (trace, span_id) = ((invocation.trace_id, invocation.flags), invocation.span_id);
+        let span = self.invocation_span(request_id, start, end, status, error_type, false);
         self.out.spans.extend(span);
-        self.phase_children((trace_id, flags), span_id, &record.spans);
+        self.phase_children(trace, span_id, phases);
     }
 
     /// The platform's phases of an invocation (`responseLatency`, …) as children of its span.
@@ -172,18 +187,17 @@ impl Mapper {
                 if let (Some(total), Some(runtime)) = (total_ms, runtime_ms) {
                     let overhead = (total - runtime).max(0.0);
                     self.instruments.record_post_runtime(overhead);
-                }
-                if let (Some(total), Some(runtime), true) = (total_ms, runtime_ms, exported) {
-                    let overhead = (total - runtime).max(0.0);
-                    let child = Span::child(
-                        (trace_id, flags),
-                        span_id,
-                        "extensionOverhead".into(),
-                        runtime_end,
-                        after(runtime_end, overhead),
-                        vec![KeyValue::new("aws.lambda.report.duration_ms", total)],
-                    );
-                    self.out.spans.push(child.build(&self.scope));
+                    if exported {
+                        let child = Span::child(
+                            (trace_id, flags),
+                            span_id,
+                            "extensionOverhead".into(),
+                            runtime_end,
+                            after(runtime_end, overhead),
+                            vec![KeyValue::new("aws.lambda.report.duration_ms", total)],
+                        );
+                        self.out.spans.push(child.build(&self.scope));
+                    }
                 }
             }
             None => {
@@ -211,19 +225,14 @@ impl Mapper {
                     (Some(start), Some(total)) => after(start, total),
                     _ => time,
                 };
-                let failed = is_error_status(&record.status);
-                if self.exported(&record.request_id, failed, total_ms) {
-                    let span = self.invocation_span(
-                        &record.request_id,
-                        start,
-                        end,
-                        &record.status,
-                        record.error_type.as_deref(),
-                        false,
-                    );
-                    self.out.spans.extend(span);
-                    self.phase_children((trace_id, flags), span_id, &record.spans);
-                }
+                self.emit_ended(
+                    &record.request_id,
+                    (start, end),
+                    &record.status,
+                    record.error_type.as_deref(),
+                    total_ms,
+                    &record.spans,
+                );
             }
         }
         self.end(&record.request_id);
