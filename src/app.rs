@@ -13,6 +13,7 @@ use crate::http::LazyClient;
 use crate::lifecycle::api::ErrorPhase;
 use crate::lifecycle::event_loop::EventLoop;
 use crate::lifecycle::{ExtensionsApi, Registration};
+use crate::masking::Masking;
 use crate::pipeline::{Pipeline, Sink};
 use crate::self_metrics::config::SelfMetricsConfig;
 use crate::self_metrics::{self, Pusher};
@@ -31,6 +32,7 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         dispatch,
         otlp,
         self_metrics,
+        masking,
     } = settings;
     let model = config.lambda.model;
     if model.is_managed_instances() {
@@ -74,7 +76,14 @@ pub async fn run(settings: Settings, issues: Vec<ConfigIssue>, extension_name: S
         &otlp,
         &self_metrics,
     )));
-    let sinks = build_sinks(&dispatch, &otlp, &registration, &config, &http);
+    // The raw batch is masked only when asked (it is the raw batch).
+    if masking.raw && masking.is_empty() {
+        tracing::warn!(
+            "BRIDGE_MASK_RAW=true but no mask rule applies: the raw batch leaves unmasked"
+        );
+    }
+    let raw_masking = (masking.raw && !masking.is_empty()).then(|| masking.clone());
+    let sinks = build_sinks(&dispatch, raw_masking, &otlp, &registration, &config, &http);
     let pipeline = Arc::new(Pipeline::new(
         sinks,
         config.queue_max_events,
@@ -130,6 +139,7 @@ fn outbound_urls<'a>(
 /// cannot be built is an ERROR line and left out, the others run.
 fn build_sinks(
     dispatch: &Option<DispatchConfig>,
+    raw_masking: Option<Arc<Masking>>,
     otlp: &Option<OtlpConfig>,
     registration: &Registration,
     config: &Config,
@@ -137,11 +147,12 @@ fn build_sinks(
 ) -> Vec<Arc<dyn Sink>> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     match dispatch {
-        Some(dispatch) => match RawJsonSink::new(dispatch, http.clone()) {
+        Some(dispatch) => match RawJsonSink::new(dispatch, raw_masking.clone(), http.clone()) {
             Ok(sink) => {
                 tracing::info!(
                     endpoint = %redact_url(&dispatch.uri),
                     min_batch_size = dispatch.min_batch_size,
+                    masked = raw_masking.is_some(),
                     "raw JSON sink enabled"
                 );
                 sinks.push(Arc::new(sink));

@@ -14,6 +14,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod lifecycle;
+pub mod masking;
 pub mod pipeline;
 pub mod self_metrics;
 pub mod settings;

@@ -9,9 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use common::otlp::attr_str;
 use common::*;
-use lambda_sim::otlp_receiver::{hex, number_value};
+use lambda_sim::otlp_receiver::hex;
 use lambda_sim::{Behaviour, RecordingEndpoint, SimConfig, SimReport};
-use opentelemetry_proto::tonic::metrics::v1::{metric, Metric};
 use opentelemetry_proto::tonic::trace::v1::span;
 
 struct Run {
@@ -130,52 +129,7 @@ impl Run {
 
     /// Metrics and log records are made from every event: counts and sums equal what was sent.
     fn assert_metrics_and_logs_whole(&self) {
-        let n = self.report.invocations.len();
-        let metrics = otlp::metrics(&self.collector);
-        let last = |name: &str| -> &Metric {
-            metrics
-                .iter()
-                .rev()
-                .map(|(_, m)| m)
-                .find(|m| m.name == name)
-                .unwrap_or_else(|| panic!("{name} exported"))
-        };
-        // Successes, errors and timeouts partition the invocations.
-        let count_of = |name: &str| -> f64 {
-            match metrics
-                .iter()
-                .rev()
-                .map(|(_, m)| m)
-                .find(|m| m.name == name)
-            {
-                Some(Metric {
-                    data: Some(metric::Data::Sum(sum)),
-                    ..
-                }) => sum.data_points.iter().map(number_value).sum(),
-                Some(other) => panic!("{name} is not a sum: {other:?}"),
-                None => 0.0,
-            }
-        };
-        let total: f64 = ["faas.invocations", "faas.errors", "faas.timeouts"]
-            .iter()
-            .map(|name| count_of(name))
-            .sum();
-        assert_eq!(total, n as f64, "every invocation counted");
-        assert!(count_of("faas.invocations") > 0.0);
-        let Some(metric::Data::Histogram(duration)) = &last("faas.invoke_duration").data else {
-            panic!("faas.invoke_duration is a histogram")
-        };
-        let count: u64 = duration.data_points.iter().map(|p| p.count).sum();
-        let sum: f64 = duration.data_points.iter().filter_map(|p| p.sum).sum();
-        let sent: f64 = self
-            .report
-            .events_sent
-            .iter()
-            .filter(|e| e["type"] == "platform.runtimeDone")
-            .map(|e| e["record"]["metrics"]["durationMs"].as_f64().unwrap_or(0.0) / 1e3)
-            .sum();
-        assert_eq!(count, n as u64, "every invocation's duration recorded");
-        assert!((sum - sent).abs() < 1e-6, "{sum} vs {sent}");
+        otlp::assert_invocation_metrics_whole(&self.collector, &self.report);
 
         // Every function log line leaves, on its invocation's trace, sampled or not.
         let traces = self.traces();

@@ -35,13 +35,17 @@ const PUSH_EVENTS: usize = 20;
 const FLUSH_EVENTS: usize = 500;
 const RUNS: usize = 5;
 
-/// The kinds measured, by name.
-pub const KINDS: [&str; 5] = [
+/// The kinds measured, by name; the last two rows are a whole invocation's three platform
+/// events, with its spans exported and sampled out (`OTEL_TRACES_SAMPLER=always_off`).
+pub const KINDS: [&str; 8] = [
     "platform.start",
     "platform.runtimeDone",
     "platform.report",
     "function log line, text",
     "function log line, JSON",
+    "function log line, JSON, every mask preset",
+    "an invocation's start + runtimeDone + report, spans exported",
+    "an invocation's start + runtimeDone + report, spans sampled out",
 ];
 
 /// This thread's CPU time, in ns.
@@ -150,9 +154,10 @@ fn endpoints() -> Result<Endpoints, String> {
     })
 }
 
-/// The bridge's sinks and pipeline as the extension builds them, from these settings.
-fn pipeline(ends: &Endpoints) -> Result<Arc<Pipeline>, String> {
-    let vars: HashMap<&str, String> = [
+/// The bridge's sinks and pipeline as the extension builds them, from these settings and
+/// `extra`.
+fn pipeline(ends: &Endpoints, extra: &[(&'static str, &str)]) -> Result<Arc<Pipeline>, String> {
+    let mut vars: HashMap<&str, String> = [
         ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001".to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", "bench-fn".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
@@ -162,6 +167,7 @@ fn pipeline(ends: &Endpoints) -> Result<Arc<Pipeline>, String> {
     ]
     .into_iter()
     .collect();
+    vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let (settings, issues) =
         Settings::from_lookup(|k| vars.get(k).cloned()).map_err(|e| format!("settings: {e}"))?;
     if !issues.is_empty() {
@@ -184,7 +190,7 @@ fn pipeline(ends: &Endpoints) -> Result<Arc<Pipeline>, String> {
         account_id: None,
     };
     let identity = FunctionIdentity::new(&registration, &settings.core.lambda);
-    let raw = RawJsonSink::new(&dispatch, http.clone()).map_err(|e| e.to_string())?;
+    let raw = RawJsonSink::new(&dispatch, None, http.clone()).map_err(|e| e.to_string())?;
     let sinks: Vec<Arc<dyn Sink>> = vec![
         Arc::new(raw),
         Arc::new(OtlpSink::new(otlp, &identity, http)),
@@ -239,17 +245,27 @@ pub async fn per_event_us(events_per_kind: usize) -> Result<Vec<f64>, String> {
         let pick = |f: &dyn Fn(&Invocation) -> Vec<&Value>| -> Vec<Bytes> {
             bodies(&invocations.iter().flat_map(f).collect::<Vec<_>>())
         };
+        let masked: &[(&str, &str)] = &[("BRIDGE_MASK_PRESETS", "all")];
+        let sampled_out: &[(&str, &str)] = &[("OTEL_TRACES_SAMPLER", "always_off")];
         let sets = [
-            pick(&|i| vec![&i.start]),
-            pick(&|i| vec![&i.start, &i.runtime_done]),
-            pick(&|i| vec![&i.start, &i.runtime_done, &i.report]),
-            pick(&|i| vec![&i.start, &i.text_log]),
-            pick(&|i| vec![&i.start, &i.json_log]),
+            (pick(&|i| vec![&i.start]), &[][..]),
+            (pick(&|i| vec![&i.start, &i.runtime_done]), &[][..]),
+            (
+                pick(&|i| vec![&i.start, &i.runtime_done, &i.report]),
+                &[][..],
+            ),
+            (pick(&|i| vec![&i.start, &i.text_log]), &[][..]),
+            (pick(&|i| vec![&i.start, &i.json_log]), &[][..]),
+            (pick(&|i| vec![&i.start, &i.json_log]), masked),
+            (
+                pick(&|i| vec![&i.start, &i.runtime_done, &i.report]),
+                sampled_out,
+            ),
         ];
         let mut cpu = Vec::new();
-        for set in &sets {
+        for (set, extra) in &sets {
             // A pipeline of its own for each set: no state left by another.
-            let pipeline = pipeline(&ends)?;
+            let pipeline = pipeline(&ends, extra)?;
             let warm = pick(&|i| vec![&i.start, &i.runtime_done, &i.report]);
             cpu_for(&pipeline, &warm[..warm.len().min(10)]).await?;
             cpu.push(cpu_for(&pipeline, set).await? as f64);
@@ -261,6 +277,9 @@ pub async fn per_event_us(events_per_kind: usize) -> Result<Vec<f64>, String> {
         runs[2].push(us(cpu[2] - cpu[1]));
         runs[3].push(us(cpu[3] - cpu[0]));
         runs[4].push(us(cpu[4] - cpu[0]));
+        runs[5].push(us(cpu[5] - cpu[0]));
+        runs[6].push(us(cpu[2]));
+        runs[7].push(us(cpu[6]));
     }
     Ok(runs.iter().map(|r| median(r).unwrap_or(f64::NAN)).collect())
 }
@@ -280,5 +299,94 @@ pub async fn run(quick: bool) -> Result<Vec<f64>, String> {
     for (kind, v) in KINDS.iter().zip(&us) {
         println!("| {kind} | {v:.1} |");
     }
+    let lines = if quick { 2_000 } else { 200_000 };
+    println!(
+        "\nMasking one 200-byte log line (Masking::mask, this thread's CPU, {lines} lines; \
+         a line with nothing to mask, and one with one match)\n"
+    );
+    println!("| rules | ns per line, nothing to mask | ns per line, one match |");
+    println!("|---|---:|---:|");
+    for (rules, clean, matched) in masking_ns(lines)? {
+        println!("| {rules} | {clean:.0} | {matched:.0} |");
+    }
     Ok(us)
+}
+
+/// ns per 200-byte line for no rules, each preset alone and every preset together: a line with
+/// nothing to mask and one with one match of that preset.
+fn masking_ns(lines: usize) -> Result<Vec<(String, f64, f64)>, String> {
+    use lambda_telemetry_bridge::masking::Masking;
+    use lambda_telemetry_bridge::self_metrics::SinkLabel;
+    let pad = |text: &str| {
+        let mut line = format!(
+            "2024-05-01T12:00:00.000Z\t8f5e0c9a-1b2c-4d3e-9f00-123456789abc\tINFO\t{text} "
+        );
+        while line.len() < 200 {
+            line.push_str("order 1234 shipped to warehouse 7, ");
+        }
+        line.truncate(200);
+        line
+    };
+    let clean = pad("handled the request in 12 ms for tenant blue");
+    let cases = [
+        ("none", "", "nothing"),
+        (
+            "card_numbers",
+            "card_numbers",
+            "paid with 4111 1111 1111 1111",
+        ),
+        (
+            "bearer_tokens",
+            "bearer_tokens",
+            "header Bearer eyJhbGciOiJIUzI1NiJ9.x",
+        ),
+        ("emails", "emails", "mailed jane.doe@example.com"),
+        (
+            "aws_access_keys",
+            "aws_access_keys",
+            "key AKIAIOSFODNN7EXAMPLE",
+        ),
+        ("all four", "all", "mailed jane.doe@example.com"),
+    ];
+    let mut out = Vec::new();
+    for (label, presets, matching) in cases {
+        let vars: HashMap<&str, String> = [
+            ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001".to_string()),
+            ("BRIDGE_MASK_PRESETS", presets.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let (settings, issues) =
+            Settings::from_lookup(|k| vars.get(k).cloned()).map_err(|e| e.to_string())?;
+        if !issues.is_empty() {
+            return Err(format!("masking settings: {issues:?}"));
+        }
+        let masking: &Masking = &settings.masking;
+        let matched = pad(matching);
+        let mut per_line = [0.0; 2];
+        for (k, line) in [&clean, &matched].into_iter().enumerate() {
+            let started = thread_cpu_ns();
+            let mut changed = 0usize;
+            for _ in 0..lines {
+                changed += usize::from(
+                    masking
+                        .mask(std::hint::black_box(line), SinkLabel::Otlp)
+                        .is_some(),
+                );
+            }
+            per_line[k] = (thread_cpu_ns() - started) as f64 / lines as f64;
+            let expected = if k == 1 && !presets.is_empty() {
+                lines
+            } else {
+                0
+            };
+            if changed != expected {
+                return Err(format!(
+                    "masking {label}: {changed} of {lines} lines changed, expected {expected}"
+                ));
+            }
+        }
+        out.push((label.to_string(), per_line[0], per_line[1]));
+    }
+    Ok(out)
 }

@@ -183,6 +183,9 @@ fn bridge_bench_cost_produces_every_figure() {
         "platform.report",
         "function log line, text",
         "function log line, JSON",
+        "function log line, JSON, every mask preset",
+        "an invocation's start + runtimeDone + report, spans exported",
+        "an invocation's start + runtimeDone + report, spans sampled out",
     ] {
         let line = stdout
             .lines()
@@ -194,6 +197,26 @@ fn bridge_bench_cost_produces_every_figure() {
             .and_then(|c| c.trim().parse::<f64>().ok())
             .unwrap_or(f64::NAN);
         assert!(us.is_finite(), "{kind}: {line}");
+    }
+    // Masking: a row per rule set, two finite figures each (the harness itself checks that
+    // exactly the lines with a match were changed).
+    for rules in [
+        "none",
+        "card_numbers",
+        "bearer_tokens",
+        "emails",
+        "aws_access_keys",
+        "all four",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {rules} |")))
+            .unwrap_or_else(|| panic!("no masking row for {rules}:\n{stdout}"));
+        let cells: Vec<f64> = line
+            .split('|')
+            .filter_map(|c| c.trim().parse::<f64>().ok())
+            .collect();
+        assert_eq!(cells.len(), 2, "{line}");
     }
 }
 

@@ -798,6 +798,7 @@ impl Driver {
                     }),
                     duration: vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5),
                     log_lines: self.cfg.log_lines_per_invoke,
+                    log_records: self.cfg.log_records.clone(),
                     listener_port: self.hub.destination_port(),
                 };
                 running.spawn(invocation.run(emitter.clone()));
@@ -880,6 +881,7 @@ impl Driver {
         } else {
             vary(Duration::from_millis(self.cfg.invoke_duration_ms), 0.5).min(function_timeout)
         };
+        let custom = self.cfg.log_records.clone();
         let lines = LogLine {
             request_id: &request_id,
             tenant_id: tenant_id.as_deref(),
@@ -887,6 +889,7 @@ impl Driver {
             n: self.cfg.log_lines_per_invoke,
             status: &status,
             error_type: error_type.as_deref(),
+            custom: &custom,
         };
         let burn = status != "timeout";
         self.run_function(i, lines, invoked_at, target, burn).await;
@@ -1330,6 +1333,7 @@ struct ConcurrentInvocation {
     pause: Duration,
     duration: Duration,
     log_lines: usize,
+    log_records: Vec<Value>,
     listener_port: Option<u16>,
 }
 
@@ -1362,6 +1366,7 @@ impl ConcurrentInvocation {
                 n: self.log_lines,
                 status: &self.status,
                 error_type: self.error_type.as_deref(),
+                custom: &self.log_records,
             };
             let mut event = line.event(true);
             if k == 0 && self.index % 4 == 3 {
@@ -1411,6 +1416,8 @@ struct LogLine<'a> {
     n: usize,
     status: &'a str,
     error_type: Option<&'a str>,
+    /// `SimConfig::log_records`.
+    custom: &'a [Value],
 }
 
 impl LogLine<'_> {
@@ -1419,6 +1426,21 @@ impl LogLine<'_> {
     fn event(&self, json: bool) -> Value {
         let now = SystemTime::now();
         let k = self.k;
+        if !self.custom.is_empty() {
+            let mut record = self.custom[k % self.custom.len()].clone();
+            if let Some(fields) = record.as_object_mut() {
+                fields
+                    .entry("timestamp")
+                    .or_insert_with(|| Value::from(events::rfc3339(now)));
+                fields
+                    .entry("requestId")
+                    .or_insert_with(|| Value::from(self.request_id));
+                let with_tenant =
+                    events::with_tenant(events::event("function", now, record), self.tenant_id);
+                return with_tenant;
+            }
+            return events::event("function", now, record);
+        }
         let (level, message) = if k + 1 == self.n && self.status == "error" {
             let et = self.error_type.unwrap_or("Error");
             (

@@ -112,6 +112,11 @@ pub struct SimConfig {
     pub runtime_init_ms: u64,
     /// `function` log lines per invocation (alternating text and JSON records).
     pub log_lines_per_invoke: usize,
+    /// What the function logs, instead of the built-in lines: line k of every invocation is
+    /// `log_records[k % len]`, a string as a text line exactly as given, an object as a JSON
+    /// record (its `timestamp` and `requestId` added when it has none, and its `tenantId` in
+    /// tenant isolation mode). Empty (the default): the built-in lines.
+    pub log_records: Vec<serde_json::Value>,
     /// Every Nth invocation ends with status `error`.
     pub error_every: Option<usize>,
     /// Every Nth invocation ends with status `timeout` (takes precedence over `error_every`).
@@ -206,6 +211,7 @@ impl Default for SimConfig {
             invoke_duration_ms: 8,
             runtime_init_ms: 120,
             log_lines_per_invoke: 3,
+            log_records: Vec::new(),
             error_every: None,
             timeout_every: None,
             failure_every: None,
@@ -250,6 +256,7 @@ impl fmt::Debug for SimConfig {
             .field("invoke_duration_ms", &self.invoke_duration_ms)
             .field("runtime_init_ms", &self.runtime_init_ms)
             .field("log_lines_per_invoke", &self.log_lines_per_invoke)
+            .field("log_records", &self.log_records.len())
             .field("error_every", &self.error_every)
             .field("timeout_every", &self.timeout_every)
             .field("failure_every", &self.failure_every)

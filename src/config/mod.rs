@@ -11,6 +11,7 @@
 
 pub mod env;
 pub mod lambda;
+pub mod rules;
 pub mod url;
 
 use std::fmt;

@@ -213,6 +213,10 @@ pub struct SelfMetrics {
     pub invocations: IntCounter,
     /// One child per decision, resolved once.
     sampling_decisions: Vec<IntCounter>,
+    /// Per log filter rule; series exist only for the rules configured.
+    logs_filtered: IntCounterVec,
+    /// Per mask rule and output; series exist only for the rules configured.
+    masked: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -276,7 +280,22 @@ impl SelfMetrics {
              sampled_out, kept_failed, kept_slow",
             &["decision"],
         );
+        let logs_filtered = counter_vec(
+            &registry,
+            "bridge_logs_filtered_total",
+            "Log records left out of the OTLP logs, by the rule that dropped them (min_severity, \
+             unleveled, or a drop rule's name)",
+            &["rule"],
+        );
+        let masked = counter_vec(
+            &registry,
+            "bridge_masked_total",
+            "Text values in which a mask rule replaced something, by rule and output",
+            &["rule", "sink"],
+        );
         SelfMetrics {
+            logs_filtered,
+            masked,
             sampling_decisions: SAMPLING_DECISIONS
                 .iter()
                 .map(|d| sampling.with_label_values(&[decision_label(*d)]))
@@ -415,6 +434,16 @@ impl SelfMetrics {
     pub fn sampling_decided(&self, decision: Decision) {
         // SAMPLING_DECISIONS lists the variants in declaration order.
         self.sampling_decisions[decision as usize].inc();
+    }
+
+    /// The counter of log records a filter rule drops (resolved once, when the rule is read).
+    pub fn logs_filtered_by(&self, rule: &str) -> IntCounter {
+        self.logs_filtered.with_label_values(&[rule])
+    }
+
+    /// The counter of values a mask rule changed in an output's data.
+    pub fn masked_by(&self, rule: &str, sink: SinkLabel) -> IntCounter {
+        self.masked.with_label_values(&[rule, sink.as_str()])
     }
 
     pub fn event_received(&self, kind: EventKind) {

@@ -114,12 +114,13 @@ pub mod otlp {
     //! What an OTLP/HTTP receiver got, decoded with the protobuf definitions (or their JSON form)
     //! by the simulator's decoder; unlike its lenient `decode_*`, a payload that does not decode
     //! fails the test here.
-    use lambda_sim::otlp_receiver::{self, decode, Signal};
-    use lambda_sim::{RecordedRequest, RecordingEndpoint};
+    use lambda_sim::otlp_receiver::{self, decode, number_value, Signal};
+    use lambda_sim::{RecordedRequest, RecordingEndpoint, SimReport};
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::logs::v1::LogRecord;
+    use opentelemetry_proto::tonic::metrics::v1::metric;
     use opentelemetry_proto::tonic::metrics::v1::Metric;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::Span;
@@ -163,6 +164,56 @@ pub mod otlp {
             endpoint,
             Signal::Logs,
         ))
+    }
+
+    /// The invocation metrics are made from every event: the outcome counters partition the
+    /// invocations, and the duration histogram counts each once with the sum Lambda sent.
+    pub fn assert_invocation_metrics_whole(collector: &RecordingEndpoint, report: &SimReport) {
+        let n = report.invocations.len();
+        let metrics = metrics(collector);
+        let last = |name: &str| -> &Metric {
+            metrics
+                .iter()
+                .rev()
+                .map(|(_, m)| m)
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} exported"))
+        };
+        // Successes, errors and timeouts partition the invocations.
+        let count_of = |name: &str| -> f64 {
+            match metrics
+                .iter()
+                .rev()
+                .map(|(_, m)| m)
+                .find(|m| m.name == name)
+            {
+                Some(Metric {
+                    data: Some(metric::Data::Sum(sum)),
+                    ..
+                }) => sum.data_points.iter().map(number_value).sum(),
+                Some(other) => panic!("{name} is not a sum: {other:?}"),
+                None => 0.0,
+            }
+        };
+        let total: f64 = ["faas.invocations", "faas.errors", "faas.timeouts"]
+            .iter()
+            .map(|name| count_of(name))
+            .sum();
+        assert_eq!(total, n as f64, "every invocation counted");
+        assert!(count_of("faas.invocations") > 0.0);
+        let Some(metric::Data::Histogram(duration)) = &last("faas.invoke_duration").data else {
+            panic!("faas.invoke_duration is a histogram")
+        };
+        let count: u64 = duration.data_points.iter().map(|p| p.count).sum();
+        let sum: f64 = duration.data_points.iter().filter_map(|p| p.sum).sum();
+        let sent: f64 = report
+            .events_sent
+            .iter()
+            .filter(|e| e["type"] == "platform.runtimeDone")
+            .map(|e| e["record"]["metrics"]["durationMs"].as_f64().unwrap_or(0.0) / 1e3)
+            .sum();
+        assert_eq!(count, n as u64, "every invocation's duration recorded");
+        assert!((sum - sent).abs() < 1e-6, "{sum} vs {sent}");
     }
 }
 

@@ -2,11 +2,14 @@
 //! the general one), and the prices behind `aws.lambda.estimated_cost`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::log_filter::LogFilter;
 use super::sampling::Sampling;
 use crate::config::env::Env;
 use crate::config::url::{add_authorization, endpoint_url, parse_headers, redact_url};
+use crate::masking::Masking;
 
 /// OTLP wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,10 @@ pub struct OtlpConfig {
     pub pricing: Pricing,
     /// Which invocations' spans leave (`OTEL_TRACES_SAMPLER`, the tail rules).
     pub sampling: Sampling,
+    /// Which log lines become log records.
+    pub log_filter: Arc<LogFilter>,
+    /// The mask rules (shared with the raw sink).
+    pub masking: Arc<Masking>,
 }
 
 /// Prices for the estimated-cost metric, in USD.
@@ -125,10 +132,11 @@ impl Pricing {
 impl OtlpConfig {
     /// Reads the standard OpenTelemetry exporter variables. OTLP output is on when an endpoint
     /// is configured (inside Lambda there is no collector at localhost unless a user runs one).
-    pub fn read(env: &mut Env) -> Option<OtlpConfig> {
-        // Read first, so that its issues are reported whether or not OTLP is on.
+    pub fn read(env: &mut Env, masking: &Arc<Masking>) -> Option<OtlpConfig> {
+        // Read first, so that their issues are reported whether or not OTLP is on.
         let pricing = Pricing::read(env);
         let sampling = Sampling::read(env);
+        let log_filter = Arc::new(LogFilter::read(env));
         let disabled = env.flag(
             "OTEL_SDK_DISABLED",
             false,
@@ -187,6 +195,8 @@ impl OtlpConfig {
             resource_attributes,
             pricing,
             sampling,
+            log_filter,
+            masking: masking.clone(),
         })
     }
 }

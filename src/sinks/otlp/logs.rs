@@ -1,5 +1,5 @@
 //! Building log records: a function or extension log line (text, or a JSON record) as an OTLP
-//! log record with its body, severity, time and fields.
+//! log record with its body, severity, time and fields, its text masked by the mask rules.
 
 use std::time::SystemTime;
 
@@ -7,8 +7,47 @@ use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 
 use super::attributes::TENANT_ID;
+use super::log_filter::{severity, text_severity};
 use super::schema::parse_time;
 use crate::event::EventKind;
+use crate::masking::Masking;
+use crate::self_metrics::SinkLabel;
+
+const OTLP: SinkLabel = SinkLabel::Otlp;
+
+/// What the log filters look at in a line before its record is built: its severity (`None`:
+/// no level known) and, when `with_body`, the body's text (a JSON record without a message:
+/// the record as JSON).
+pub(super) fn peek(record: &serde_json::Value, with_body: bool) -> (Option<Severity>, String) {
+    let body = |text: &str| {
+        if with_body {
+            text.to_string()
+        } else {
+            String::new()
+        }
+    };
+    match record {
+        serde_json::Value::String(text) => (text_severity(text).map(|s| s.0), body(text)),
+        serde_json::Value::Object(fields) => {
+            let level = fields
+                .get("level")
+                .and_then(serde_json::Value::as_str)
+                .and_then(severity)
+                .map(|s| s.0);
+            let message = ["message", "msg"]
+                .iter()
+                .find_map(|k| fields.get(*k).and_then(serde_json::Value::as_str));
+            let text = match message {
+                Some(m) => body(m),
+                None if with_body => record.to_string(),
+                None => String::new(),
+            };
+            (level, text)
+        }
+        other if with_body => (None, other.to_string()),
+        _ => (None, String::new()),
+    }
+}
 
 /// The log record, and the `requestId` the record names (if any), which joins it to its
 /// invocation's trace.
@@ -17,12 +56,23 @@ pub(super) fn log_record(
     kind: EventKind,
     record: serde_json::Value,
     time: Option<SystemTime>,
+    masking: &Masking,
 ) -> (SdkLogRecord, Option<String>) {
     let mut log = logger.create_log_record();
     let mut timestamp = time;
     let mut request_id = None;
+    let mask = |mut text: String| {
+        masking.mask_string(&mut text, OTLP);
+        text
+    };
     match record {
-        serde_json::Value::String(text) => log.set_body(AnyValue::from(text)),
+        serde_json::Value::String(text) => {
+            if let Some((number, name)) = text_severity(&text) {
+                log.set_severity_number(number);
+                log.set_severity_text(name);
+            }
+            log.set_body(AnyValue::from(mask(text)))
+        }
         serde_json::Value::Object(fields) => {
             // A record without a text message is its own body, as a key-value list (its fields
             // are also attributes, as for every JSON record): an empty body would hide it in
@@ -30,19 +80,22 @@ pub(super) fn log_record(
             let has_message = ["message", "msg"]
                 .iter()
                 .any(|k| fields.get(*k).is_some_and(serde_json::Value::is_string));
-            let structured =
-                (!has_message).then(|| structured(serde_json::Value::Object(fields.clone())));
+            let structured = (!has_message)
+                .then(|| structured(serde_json::Value::Object(fields.clone()), masking));
             let mut body = None;
             for (key, value) in fields {
                 match (key.as_str(), value) {
                     ("message" | "msg", serde_json::Value::String(m)) if body.is_none() => {
                         body = Some(m)
                     }
-                    ("level", serde_json::Value::String(level)) => {
-                        let (number, text) = severity(&level);
-                        log.set_severity_number(number);
-                        log.set_severity_text(text);
-                    }
+                    ("level", serde_json::Value::String(level)) => match severity(&level) {
+                        Some((number, text)) => {
+                            log.set_severity_number(number);
+                            log.set_severity_text(text);
+                        }
+                        // Not a level OTLP knows: kept as it was written, with no severity.
+                        None => log.add_attribute("level", mask(level)),
+                    },
                     ("timestamp", serde_json::Value::String(ts)) => {
                         if let Some(t) = parse_time(&ts) {
                             timestamp = Some(t);
@@ -53,18 +106,18 @@ pub(super) fn log_record(
                         request_id = Some(id);
                     }
                     ("tenantId", serde_json::Value::String(tenant)) => {
-                        log.add_attribute(TENANT_ID, tenant)
+                        log.add_attribute(TENANT_ID, mask(tenant))
                     }
-                    (_, value) => log.add_attribute(key, json_to_any(value)),
+                    (_, value) => log.add_attribute(key, json_to_any(value, masking)),
                 }
             }
             match (body, structured) {
-                (Some(text), _) => log.set_body(AnyValue::from(text)),
+                (Some(text), _) => log.set_body(AnyValue::from(mask(text))),
                 (None, Some(record)) => log.set_body(record),
                 (None, None) => log.set_body(AnyValue::from(String::new())),
             }
         }
-        other => log.set_body(AnyValue::from(other.to_string())),
+        other => log.set_body(AnyValue::from(mask(other.to_string()))),
     }
     // The OTLP encoder requires an observed time: an event without a usable `time` (absent,
     // null, not RFC 3339) is observed now, so it costs its own timestamp and nothing else.
@@ -82,44 +135,38 @@ pub(super) fn log_record(
     (log, request_id)
 }
 
-fn severity(level: &str) -> (Severity, &'static str) {
-    match level.to_ascii_uppercase().as_str() {
-        "TRACE" => (Severity::Trace, "TRACE"),
-        "DEBUG" => (Severity::Debug, "DEBUG"),
-        "INFO" => (Severity::Info, "INFO"),
-        "WARN" | "WARNING" => (Severity::Warn, "WARN"),
-        "ERROR" => (Severity::Error, "ERROR"),
-        "FATAL" | "CRITICAL" => (Severity::Fatal, "FATAL"),
-        _ => (Severity::Info, "INFO"),
-    }
-}
-
 /// A JSON value as an OTLP value, objects and arrays kept as structures (a log body).
-fn structured(value: serde_json::Value) -> AnyValue {
+fn structured(value: serde_json::Value, masking: &Masking) -> AnyValue {
     match value {
         serde_json::Value::Object(fields) => AnyValue::Map(Box::new(
             fields
                 .into_iter()
-                .map(|(k, v)| (opentelemetry::Key::from(k), structured(v)))
+                .map(|(k, v)| (opentelemetry::Key::from(k), structured(v, masking)))
                 .collect(),
         )),
-        serde_json::Value::Array(items) => {
-            AnyValue::ListAny(Box::new(items.into_iter().map(structured).collect()))
-        }
+        serde_json::Value::Array(items) => AnyValue::ListAny(Box::new(
+            items.into_iter().map(|v| structured(v, masking)).collect(),
+        )),
         serde_json::Value::Null => AnyValue::from(String::new()),
-        other => json_to_any(other),
+        other => json_to_any(other, masking),
     }
 }
 
-fn json_to_any(value: serde_json::Value) -> AnyValue {
+/// A field's value as an attribute: strings masked; objects and arrays as their JSON text,
+/// masked too (a nested field is text a reader sees).
+fn json_to_any(value: serde_json::Value, masking: &Masking) -> AnyValue {
+    let mask = |mut text: String| {
+        masking.mask_string(&mut text, OTLP);
+        text
+    };
     match value {
-        serde_json::Value::String(s) => AnyValue::from(s),
+        serde_json::Value::String(s) => AnyValue::from(mask(s)),
         serde_json::Value::Bool(b) => AnyValue::from(b),
         serde_json::Value::Number(n) => match n.as_i64() {
             Some(i) => AnyValue::from(i),
             None => AnyValue::from(n.as_f64().unwrap_or(0.0)),
         },
-        other => AnyValue::from(other.to_string()),
+        other => AnyValue::from(mask(other.to_string())),
     }
 }
 
@@ -133,7 +180,13 @@ mod tests {
         let provider = SdkLoggerProvider::builder().build();
         let logger = provider.logger("test");
         let record = serde_json::from_str(record).expect("json");
-        let (log, _) = log_record(&logger, EventKind::FunctionLog, record, None);
+        let (log, _) = log_record(
+            &logger,
+            EventKind::FunctionLog,
+            record,
+            None,
+            &Masking::default(),
+        );
         log.body().cloned()
     }
 

@@ -10,6 +10,7 @@ mod attributes;
 pub mod config;
 mod exporters;
 mod instruments;
+pub mod log_filter;
 mod logs;
 pub mod mapping;
 mod pending;
@@ -178,15 +179,18 @@ impl OtlpState {
             .clone()
             .unwrap_or_else(|| "lambda".into());
         OtlpState {
-            mapper: Mutex::new(Mapper::new(
-                function_name,
-                scope.clone(),
-                &meter,
-                logger,
-                pricing,
-                config.sampling,
-                identity.managed_instances,
-            )),
+            mapper: Mutex::new(
+                Mapper::new(
+                    function_name,
+                    scope.clone(),
+                    &meter,
+                    logger,
+                    pricing,
+                    config.sampling,
+                    identity.managed_instances,
+                )
+                .with_log_rules(config.log_filter.clone(), config.masking.clone()),
+            ),
             config,
             resource,
             scope,

@@ -15,6 +15,7 @@ use crate::event::Event;
 use crate::http::{
     header_map, post_with_retry, Delivered, Endpoint, HttpError, LazyClient, PostError,
 };
+use crate::masking::Masking;
 use crate::pipeline::{BoxFuture, FlushContext, FlushReason, Sink};
 use crate::self_metrics::{Dropped, Failure, SinkLabel, METRICS};
 use config::DispatchConfig;
@@ -27,13 +28,19 @@ pub struct RawJsonSink {
     shown_url: String,
     headers: HeaderMap,
     min_batch_size: usize,
+    /// `BRIDGE_MASK_RAW`: the events' strings masked before they leave.
+    masking: Option<Arc<Masking>>,
     client: Arc<LazyClient>,
 }
 
 const SINK: SinkLabel = SinkLabel::RawJson;
 
 impl RawJsonSink {
-    pub fn new(config: &DispatchConfig, client: Arc<LazyClient>) -> Result<RawJsonSink, HttpError> {
+    pub fn new(
+        config: &DispatchConfig,
+        masking: Option<Arc<Masking>>,
+        client: Arc<LazyClient>,
+    ) -> Result<RawJsonSink, HttpError> {
         Ok(RawJsonSink {
             endpoint: Endpoint::new(config.uri.clone()),
             shown_url: redact_url(&config.uri),
@@ -43,6 +50,7 @@ impl RawJsonSink {
                 headers
             },
             min_batch_size: config.min_batch_size,
+            masking,
             client,
         })
     }
@@ -66,6 +74,17 @@ impl RawJsonSink {
                 return;
             }
         };
+        // Masked copies of the events that a rule changed; the others are shared as they are.
+        let masked: Option<Vec<Event>> = self.masking.as_ref().map(|masking| {
+            events
+                .iter()
+                .map(|e| match masking.mask_json(e.raw(), SINK) {
+                    Some(bytes) => Event::new(Bytes::from(bytes), e.kind()),
+                    None => e.clone(),
+                })
+                .collect()
+        });
+        let events = masked.as_deref().unwrap_or(events);
         let mut done = 0;
         while done < events.len() {
             let (body, count) = encode_array(&events[done..]);

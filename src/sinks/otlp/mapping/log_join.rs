@@ -10,6 +10,7 @@ use opentelemetry_sdk::logs::SdkLogRecord;
 
 use super::{Mapper, TENANT_ID};
 use crate::event::EventKind;
+use crate::self_metrics::SinkLabel;
 use crate::sinks::otlp::logs;
 
 /// What a log record needs to join an invocation that has ended.
@@ -31,7 +32,13 @@ impl Mapper {
         let Some(logger) = &self.logger else {
             return;
         };
-        let (mut log, request_id) = logs::log_record(logger, kind, record, time);
+        if !self.log_filter.is_empty() {
+            let (severity, body) = logs::peek(&record, self.log_filter.reads_body());
+            if !self.log_filter.keeps(severity, &body) {
+                return;
+            }
+        }
+        let (mut log, request_id) = logs::log_record(logger, kind, record, time, &self.masking);
         // "The invocation running now" is ambiguous when several run at once: under Managed
         // Instances only the record's own requestId joins it to an invocation.
         let owner = request_id.or_else(|| {
@@ -50,7 +57,9 @@ impl Mapper {
             let has = |log: &SdkLogRecord, key: &str| {
                 log.attributes_iter().any(|(k, _)| k.as_str() == key)
             };
-            if let Some(tenant) = join.tenant_id.filter(|_| !has(&log, TENANT_ID)) {
+            if let Some(mut tenant) = join.tenant_id.filter(|_| !has(&log, TENANT_ID)) {
+                // The invocation's tenant, masked as the record's own would have been.
+                self.masking.mask_string(&mut tenant, SinkLabel::Otlp);
                 log.add_attribute(TENANT_ID, tenant);
             }
             if let Some(r) = owner.filter(|_| !has(&log, "faas.invocation_id")) {

@@ -23,22 +23,26 @@ mod open;
 mod phases;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::Meter;
-use opentelemetry::InstrumentationScope;
+use opentelemetry::{InstrumentationScope, Value};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::SpanData;
 
 pub(super) use super::attributes::TENANT_ID;
 use super::config::Pricing;
 use super::instruments::Instruments;
+use super::log_filter::LogFilter;
 use super::sampling::Sampling;
 use super::schema::{
     merge, typed, LogsDroppedRecord, PhaseRecord, ReportRecord, RuntimeDoneRecord, StartRecord,
 };
 use crate::event::{Event, EventKind};
+use crate::masking::Masking;
 use crate::pipeline::InvokeInfo;
+use crate::self_metrics::SinkLabel;
 use log_join::LogJoin;
 use open::Invocation;
 use phases::Phase;
@@ -72,6 +76,8 @@ pub struct Mapper {
     logger: Option<SdkLogger>,
     pricing: Pricing,
     sampling: Sampling,
+    log_filter: Arc<LogFilter>,
+    masking: Arc<Masking>,
     invocations: HashMap<String, Invocation>,
     arrival: VecDeque<String>,
     notes: HashMap<String, InvokeInfo>,
@@ -108,6 +114,8 @@ impl Mapper {
             logger,
             pricing,
             sampling,
+            log_filter: Arc::default(),
+            masking: Arc::default(),
             invocations: HashMap::new(),
             arrival: VecDeque::new(),
             notes: HashMap::new(),
@@ -134,8 +142,29 @@ impl Mapper {
         self.notes.insert(info.request_id.clone(), info.clone());
     }
 
+    /// Log filters and mask rules (the default: every line kept, nothing masked).
+    pub fn with_log_rules(mut self, log_filter: Arc<LogFilter>, masking: Arc<Masking>) -> Mapper {
+        self.log_filter = log_filter;
+        self.masking = masking;
+        self
+    }
+
+    /// What was mapped since the last call; the spans' text attributes masked (the log
+    /// records were masked as they were built).
     pub fn take(&mut self) -> Mapped {
-        std::mem::take(&mut self.out)
+        let mut out = std::mem::take(&mut self.out);
+        if !self.masking.is_empty() {
+            for span in &mut out.spans {
+                for attribute in &mut span.attributes {
+                    if let Value::String(text) = &attribute.value {
+                        if let Some(masked) = self.masking.mask(text.as_str(), SinkLabel::Otlp) {
+                            attribute.value = Value::from(masked);
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn map(&mut self, event: &Event) {
