@@ -168,12 +168,18 @@ where
     out.freeze()
 }
 
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3); a date in the past is no
+/// wait, and a value that is neither is ignored (the backoff applies).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// The most specific cause of an error (hyper's outer errors say little).
@@ -386,7 +392,11 @@ mod tests {
     }
 
     impl Scripted {
-        async fn start(script: Vec<(u16, Option<&'static str>)>) -> Scripted {
+        async fn start(script: Vec<(u16, Option<&str>)>) -> Scripted {
+            let script: Vec<(u16, Option<String>)> = script
+                .into_iter()
+                .map(|(status, after)| (status, after.map(String::from)))
+                .collect();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -436,8 +446,9 @@ mod tests {
                                 seen.push(Instant::now());
                                 seen.len()
                             };
-                            let (status, retry_after) = script[(n - 1).min(script.len() - 1)];
+                            let (status, retry_after) = &script[(n - 1).min(script.len() - 1)];
                             let extra = retry_after
+                                .as_ref()
                                 .map(|r| format!("retry-after: {r}\r\n"))
                                 .unwrap_or_default();
                             let answer =
@@ -509,21 +520,60 @@ mod tests {
             Err(PostError::GaveUp { attempts, .. }) => assert_eq!(attempts, 1),
             other => panic!("expected a give-up, got {other:?}"),
         }
+        // At once: not the 30 s asked for, nor the deadline (5 s), nor a backoff step (≥ 25 ms
+        // doubling; 500 ms leaves room for a busy machine and catches a wait of one second).
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "waited for nothing"
+            started.elapsed() < Duration::from_millis(500),
+            "waited {:?} for nothing",
+            started.elapsed()
         );
         assert_eq!(server.arrivals().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retry_after_as_an_http_date_is_waited_for() {
+        // Two seconds ahead, in the IMF-fixdate form (whole seconds: the wait is 1 to 2 s).
+        let at = std::time::SystemTime::now() + Duration::from_secs(2);
+        let date = httpdate::fmt_http_date(at);
+        let server = Scripted::start(vec![(503, Some(date.as_str())), (200, None)]).await;
+        let delivered = post(&server, Duration::from_secs(20))
+            .await
+            .expect("delivered");
+        assert_eq!(delivered.attempts, 2);
+        let arrivals = server.arrivals();
+        let waited = arrivals[1] - arrivals[0];
+        // The backoff alone would retry within 50 ms.
+        assert!(
+            waited >= Duration::from_millis(900),
+            "retried after {waited:?}"
+        );
+        // A date in the past is no wait; a value that is neither form is ignored.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            RETRY_AFTER,
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH)
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, "soon".parse().expect("header"));
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[tokio::test]
     async fn other_client_errors_are_rejected_at_once() {
         for status in [400, 401, 403, 404, 413] {
             let server = Scripted::start(vec![(status, None), (200, None)]).await;
+            let started = Instant::now();
             match post(&server, Duration::from_secs(5)).await {
                 Err(PostError::Rejected(s)) => assert_eq!(s.as_u16(), status),
                 other => panic!("{status}: expected a rejection, got {other:?}"),
             }
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{status}: rejected after {:?}, not at once",
+                started.elapsed()
+            );
             assert_eq!(server.arrivals().len(), 1, "{status} is not retried");
         }
     }

@@ -177,8 +177,14 @@ fn shutdown_drains_the_last_report_and_exits_zero_in_time() {
         assert!(received
             .iter()
             .any(|e| e["type"] == "platform.report" && request_id(e) == Some(last.as_str())));
+        // In time from the bridge's side: done 250 ms before deadlineMs (the simulator would kill
+        // it only at the deadline), plus what an exit needs to be seen on a loaded machine.
         let took = report.shutdown_duration.expect("exited");
-        assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+        assert!(
+            took <= Duration::from_millis(1500 - 250 + 60),
+            "shutdown took {took:?} (deadline 1500 ms, margin 250 ms)"
+        );
+        assert!(!report.killed);
         assert_eq!(report.exit_code, Some(0));
     });
 }

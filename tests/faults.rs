@@ -14,8 +14,11 @@ use lambda_sim::{Behaviour, RecordingEndpoint, SimReport};
 /// invoke held twice as long fails.
 const FLUSH_TIMEOUT_MS: u64 = 300;
 const SLACK: Duration = Duration::from_millis(290);
-/// What a process needs, past the moment it stops working, to be seen exited.
-const EXIT_SLACK: Duration = Duration::from_millis(200);
+/// What a process needs, past the moment it stops working, to be seen exited (tokio's runtime
+/// shut down, the process reaped): a few ms; this much on a loaded machine.
+const EXIT_SLACK: Duration = Duration::from_millis(60);
+/// How soon the listener answers a push whatever the sinks do.
+const PUSH_ANSWERED_WITHIN: Duration = Duration::from_millis(150);
 
 fn max_hold(report: &SimReport) -> Duration {
     report
@@ -159,12 +162,26 @@ fn a_slow_sink_holds_an_invoke_no_longer_than_the_flush_timeout() {
             "the unconfirmed first event was sent {carrying_first} time(s)"
         );
         // The listener kept answering Lambda while the sink hung: delivery is off its request path.
+        // Each push answered well inside the flush timeout (300 ms), which a delivery on the
+        // request path would take against this sink; 150 ms is a debug build on a loaded machine.
         assert_eq!(report.totals.failed_telemetry_posts, 0);
+        assert!(!report.history_pruned());
+        let slowest = report
+            .telemetry_posts
+            .iter()
+            .map(|p| p.answered_at - p.sent_at)
+            .max()
+            .expect("pushes");
+        assert!(
+            slowest <= PUSH_ANSWERED_WITHIN,
+            "a push was answered after {slowest:?} while the sink hung"
+        );
         let out = &report.extension_output;
         assert!(!out.contains("rejected"), "{out}");
-        assert!(
-            out.contains("events not delivered before the deadline"),
-            "{out}"
+        assert_eq!(
+            out.matches("events not delivered before the deadline").count(),
+            1,
+            "one WARN line at the shutdown for what was left\n{out}"
         );
     });
 }
@@ -320,11 +337,13 @@ fn a_last_report_that_never_comes_is_waited_for_half_the_budget_then_the_rest_is
         assert_eq!(report.exit_code, Some(0), "{}", report.extension_output);
         // Half of the budget (2000 − 250 ms) waited for the report, then the flush and the exit.
         let took = report.shutdown_duration.expect("exited");
+        // Half the budget, not more: the drain after it (an endpoint that answers at once) and the
+        // exit take well under 150 ms, while three quarters of the budget would be 437 ms more.
         let half = Duration::from_millis((2000 - 250) / 2);
         assert!(took >= half, "gave up on the report after {took:?}");
         assert!(
-            took <= Duration::from_millis(2000 - 250) + EXIT_SLACK,
-            "exited {took:?} after SHUTDOWN"
+            took <= half + Duration::from_millis(150),
+            "waited {took:?} after SHUTDOWN: longer than half the budget ({half:?})"
         );
         assert!(report
             .extension_output

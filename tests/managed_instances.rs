@@ -177,10 +177,13 @@ fn concurrent_invocations_arrive_once_promptly_and_each_on_its_own_trace() {
         let shutdown = report
             .shutdown_duration
             .expect("the bridge exited after SHUTDOWN");
+        // Done 250 ms before deadlineMs (the simulator's default, 2 s; it would kill only at the
+        // deadline), plus what an exit needs to be seen on a loaded machine.
         assert!(
-            shutdown < Duration::from_millis(2_000),
-            "exit before the deadline"
+            shutdown <= Duration::from_millis(2_000 - 250 + 60),
+            "exited {shutdown:?} after SHUTDOWN (deadline 2 s, margin 250 ms)"
         );
+        assert!(!report.killed);
 
         // Every event once, and promptly: those the bridge had before SHUTDOWN reached the
         // endpoint within a couple of seconds, on the timer, not at shutdown.
