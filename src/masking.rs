@@ -134,7 +134,17 @@ impl MaskRule {
                 let kept = match self.check {
                     Check::None => 0,
                     Check::Luhn if luhn(m.as_str()) => 0,
-                    Check::Luhn => continue,
+                    Check::Luhn => {
+                        // Digits that run on (an expiry, a CVV, a quantity before it) make the
+                        // match fail the check while a card number sits inside it.
+                        for (start, end) in card_runs(m.as_str()) {
+                            out.push_str(&text[last..m.start() + start]);
+                            out.push_str(&self.replacement);
+                            last = m.start() + end;
+                            changed = true;
+                        }
+                        continue;
+                    }
                     Check::KeepScheme => scheme_len(m.as_str()),
                 };
                 out.push_str(&text[last..m.start() + kept]);
@@ -157,6 +167,43 @@ fn scheme_len(matched: &str) -> usize {
     word + matched[word..]
         .find(|c: char| !c.is_whitespace())
         .unwrap_or(matched.len() - word)
+}
+
+/// The card numbers inside `matched`, a run of digits and single separators that fails the
+/// Luhn check as a whole: runs of 13 to 19 digits that begin and end at a separator (or an end)
+/// and pass it, the longest first (then the leftmost), and so on in what is left on each side.
+/// Byte ranges within `matched`, in order. Only a failed match gets here, and it has at most 19
+/// digits, so at most a few hundred candidates.
+fn card_runs(matched: &str) -> Vec<(usize, usize)> {
+    let bytes = matched.as_bytes();
+    let starts = (0..bytes.len())
+        .filter(|&i| bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit()));
+    let mut best: Option<(usize, usize, usize)> = None; // (digits, start, end)
+    for start in starts {
+        for end in (start + 1..=bytes.len()).filter(|&e| {
+            bytes[e - 1].is_ascii_digit() && (e == bytes.len() || !bytes[e].is_ascii_digit())
+        }) {
+            let candidate = &matched[start..end];
+            let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
+            if (13..=19).contains(&digits)
+                && best.is_none_or(|(d, _, _)| digits > d)
+                && luhn(candidate)
+            {
+                best = Some((digits, start, end));
+            }
+        }
+    }
+    let Some((_, start, end)) = best else {
+        return Vec::new();
+    };
+    let mut runs = card_runs(&matched[..start]);
+    runs.push((start, end));
+    runs.extend(
+        card_runs(&matched[end..])
+            .into_iter()
+            .map(|(a, b)| (a + end, b + end)),
+    );
+    runs
 }
 
 /// The Luhn check over the digits of `candidate` (separators skipped).
@@ -299,21 +346,75 @@ impl Masking {
         }
     }
 
-    /// A JSON document with every string value masked (object keys are left alone) and every
-    /// other byte as it was; `None` when nothing was masked. For the raw batch, whose events
-    /// must stay Lambda's bytes but for what a rule replaced. `json` is well-formed (the
-    /// listener parsed it); a string that does not decode is left as it is.
+    /// A JSON event with its text masked, every other byte as it was; `None` when nothing was
+    /// masked. For the raw batch, whose events must stay Lambda's bytes but for what a rule
+    /// replaced: string values and the keys inside the record, and integers (a card number
+    /// written as a number becomes the masked text, a string); the envelope's `time` and `type`
+    /// (Lambda's, not the function's text) are left alone. A masked string is written again
+    /// whole, with serde_json's escapes. `json` is well-formed (the listener parsed it).
     pub fn mask_json(&self, json: &[u8], sink: SinkLabel) -> Option<Vec<u8>> {
         if self.rules.is_empty() {
             return None;
         }
         let mut out: Option<Vec<u8>> = None;
         let mut copied = 0;
+        let mut replace = |out: &mut Option<Vec<u8>>, start: usize, end: usize, text: &str| {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(json.len() + 64));
+            out.extend_from_slice(&json[copied..start]);
+            // serde_json writes the string with its quotes and escapes.
+            if serde_json::to_writer(&mut *out, text).is_err() {
+                out.extend_from_slice(&json[start..end]);
+            }
+            copied = end;
+        };
+        let mut depth = 0usize;
+        // The next value is the envelope's `time` or `type`.
+        let mut envelope_value = false;
         let mut i = 0;
         while i < json.len() {
-            if json[i] != b'"' {
-                i += 1;
-                continue;
+            match json[i] {
+                b'"' => {}
+                b'-' | b'0'..=b'9' => {
+                    let start = i;
+                    while i < json.len()
+                        && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    {
+                        i += 1;
+                    }
+                    let literal = &json[start..i];
+                    let integer = literal.iter().all(|b| b.is_ascii_digit() || *b == b'-');
+                    if std::mem::take(&mut envelope_value) || !integer {
+                        continue;
+                    }
+                    let masked = std::str::from_utf8(literal)
+                        .ok()
+                        .and_then(|text| self.mask(text, sink));
+                    if let Some(text) = masked {
+                        replace(&mut out, start, i, &text);
+                    }
+                    continue;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    envelope_value = false;
+                    i += 1;
+                    continue;
+                }
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    i += 1;
+                    continue;
+                }
+                b if b.is_ascii_whitespace() || b == b':' || b == b',' => {
+                    i += 1;
+                    continue;
+                }
+                _ => {
+                    // true, false, null
+                    envelope_value = false;
+                    i += 1;
+                    continue;
+                }
             }
             let start = i;
             let mut escaped = false;
@@ -328,36 +429,67 @@ impl Masking {
             if i >= json.len() {
                 break; // unterminated: not from the listener, left as it is
             }
-            let end = i; // the closing quote
             i += 1;
+            let literal = &json[start..i];
             let is_key = json[i..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
             if is_key {
+                envelope_value = depth == 1 && (literal == b"\"time\"" || literal == b"\"type\"");
+                if depth == 1 {
+                    continue; // the envelope's own keys: time, type, record
+                }
+            } else if std::mem::take(&mut envelope_value) {
                 continue;
             }
-            let literal = &json[start..=end];
-            let masked = if escaped {
-                serde_json::from_slice::<String>(literal)
-                    .ok()
-                    .and_then(|text| self.mask(&text, sink))
-            } else {
-                std::str::from_utf8(&literal[1..literal.len() - 1])
-                    .ok()
-                    .and_then(|text| self.mask(text, sink))
-            };
-            if let Some(text) = masked {
-                let out = out.get_or_insert_with(|| Vec::with_capacity(json.len() + 64));
-                out.extend_from_slice(&json[copied..start]);
-                // serde_json writes the string with its quotes and escapes.
-                if serde_json::to_writer(&mut *out, &text).is_err() {
-                    out.extend_from_slice(literal);
-                }
-                copied = end + 1;
+            if let Some(text) = self.mask_literal(literal, escaped, sink) {
+                replace(&mut out, start, i, &text);
             }
         }
         let mut out = out?;
         out.extend_from_slice(&json[copied..]);
         Some(out)
     }
+
+    /// A JSON string literal (with its quotes), decoded and masked; `None` when nothing was
+    /// masked. A lone surrogate escape (`\ud800`), which no Rust string can hold, is read as
+    /// U+FFFD, so that the rest of the string is still masked.
+    fn mask_literal(&self, literal: &[u8], escaped: bool, sink: SinkLabel) -> Option<String> {
+        if !escaped {
+            let text = std::str::from_utf8(&literal[1..literal.len() - 1]).ok()?;
+            return self.mask(text, sink);
+        }
+        let text = serde_json::from_slice::<String>(literal)
+            .ok()
+            .or_else(|| serde_json::from_slice::<String>(&without_surrogates(literal)).ok())?;
+        self.mask(&text, sink)
+    }
+}
+
+/// `literal` with every `\uD800`–`\uDFFF` escape replaced by `\uFFFD`.
+fn without_surrogates(literal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(literal.len());
+    let mut i = 0;
+    while i < literal.len() {
+        let is_surrogate = literal[i] == b'\\'
+            && literal.get(i + 1) == Some(&b'u')
+            && literal
+                .get(i + 2)
+                .is_some_and(|b| b.eq_ignore_ascii_case(&b'd'))
+            && literal
+                .get(i + 3)
+                .is_some_and(|b| matches!(b.to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f'))
+            && literal.len() >= i + 6;
+        if is_surrogate {
+            out.extend_from_slice(b"\\uFFFD");
+            i += 6;
+        } else if literal[i] == b'\\' && i + 1 < literal.len() {
+            out.extend_from_slice(&literal[i..i + 2]);
+            i += 2;
+        } else {
+            out.push(literal[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -413,6 +545,32 @@ mod tests {
     }
 
     #[test]
+    fn a_card_number_among_other_digits_is_found() {
+        let m = all();
+        for (text, expected) in [
+            (
+                "card 4111 1111 1111 1111 12/26",
+                "card [masked:card_number] 12/26",
+            ),
+            (
+                "card 4111 1111 1111 1111 123",
+                "card [masked:card_number] 123",
+            ),
+            ("qty 2 4111 1111 1111 1111", "qty 2 [masked:card_number]"),
+            (
+                "cards 4111-1111-1111-1111 5500 0000 0000 0004",
+                "cards [masked:card_number] [masked:card_number]",
+            ),
+        ] {
+            assert_eq!(
+                m.mask(text, SinkLabel::Otlp).as_deref(),
+                Some(expected),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn user_rules_follow_the_presets_with_their_replacement() {
         let (m, issues) = masking(&[
             ("BRIDGE_MASK_PRESETS", "emails,nonsense"),
@@ -441,9 +599,27 @@ mod tests {
         let text = String::from_utf8(masked).expect("utf-8");
         assert_eq!(
             text,
-            r#"{"time":"2024-01-01T00:00:00Z","type":"function","record":{"a@b.io":1,"message":"mail [masked:email]","n":4111111111111111,"esc":"tab\t\"[masked:email]\""}}"#
+            r#"{"time":"2024-01-01T00:00:00Z","type":"function","record":{"[masked:email]":1,"message":"mail [masked:email]","n":"[masked:card_number]","esc":"tab\t\"[masked:email]\""}}"#
         );
         serde_json::from_str::<serde_json::Value>(&text).expect("still JSON");
+        // The envelope's time and type are Lambda's: a rule that matches them leaves them be.
+        let (digits, issues) = masking(&[("BRIDGE_MASK_RULES", r#"["[0-9]{2}", "function"]"#)]);
+        assert!(issues.is_empty(), "{issues:?}");
+        let raw = br#"{"time":"2024-01-01T00:00:00Z","type":"function","record":{"function":"function 42","n":12}}"#;
+        let masked = String::from_utf8(digits.mask_json(raw, SinkLabel::RawJson).expect("masked"))
+            .expect("utf-8");
+        assert_eq!(
+            masked,
+            r#"{"time":"2024-01-01T00:00:00Z","type":"function","record":{"[masked:mask_2]":"[masked:mask_2] [masked:mask_1]","n":"[masked:mask_1]"}}"#
+        );
+        // A lone surrogate cannot be decoded: read as U+FFFD, the rest of the string masked.
+        let raw = br#"{"time":"t","type":"function","record":"bad \ud800 a@b.io"}"#;
+        let masked = String::from_utf8(m.mask_json(raw, SinkLabel::RawJson).expect("masked"))
+            .expect("utf-8");
+        assert_eq!(
+            masked,
+            "{\"time\":\"t\",\"type\":\"function\",\"record\":\"bad \u{FFFD} [masked:email]\"}"
+        );
         assert_eq!(
             m.mask_json(
                 br#"{"type":"platform.start","x":"plain"}"#,

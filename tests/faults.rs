@@ -179,7 +179,8 @@ fn a_slow_sink_holds_an_invoke_no_longer_than_the_flush_timeout() {
         let out = &report.extension_output;
         assert!(!out.contains("rejected"), "{out}");
         assert_eq!(
-            out.matches("events not delivered before the deadline").count(),
+            out.matches("events not delivered before the deadline")
+                .count(),
             1,
             "one WARN line at the shutdown for what was left\n{out}"
         );

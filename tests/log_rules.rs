@@ -10,6 +10,7 @@ use common::otlp::attr_str;
 use common::*;
 use lambda_sim::{Behaviour, RecordingEndpoint, SimConfig, SimReport};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use serde_json::{json, Value};
 
 struct Run {
@@ -60,13 +61,8 @@ async fn run_with(
 fn texts(value: &AnyValue, out: &mut Vec<String>) {
     match &value.value {
         Some(any_value::Value::StringValue(s)) => out.push(s.clone()),
-        Some(any_value::Value::KvlistValue(list)) => {
-            for kv in &list.values {
-                if let Some(v) = &kv.value {
-                    texts(v, out);
-                }
-            }
-        }
+        Some(any_value::Value::IntValue(i)) => out.push(i.to_string()),
+        Some(any_value::Value::KvlistValue(list)) => attribute_texts(&list.values, out),
         Some(any_value::Value::ArrayValue(items)) => {
             for v in &items.values {
                 texts(v, out);
@@ -76,8 +72,10 @@ fn texts(value: &AnyValue, out: &mut Vec<String>) {
     }
 }
 
+/// The keys and the texts of the values.
 fn attribute_texts(attributes: &[KeyValue], out: &mut Vec<String>) {
     for kv in attributes {
+        out.push(kv.key.clone());
         if let Some(v) = &kv.value {
             texts(v, out);
         }
@@ -99,7 +97,8 @@ impl Run {
             .collect()
     }
 
-    /// Every text the OTLP receiver got: log bodies and attributes, span attributes and names.
+    /// Every text the OTLP receiver got: log bodies and attributes (keys, strings, integers),
+    /// span names, attributes and status messages, metric data points' attributes.
     fn otlp_texts(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (_, log) in otlp::logs(&self.collector) {
@@ -111,6 +110,16 @@ impl Run {
         for (_, span) in otlp::spans(&self.collector) {
             out.push(span.name.clone());
             attribute_texts(&span.attributes, &mut out);
+            if let Some(status) = &span.status {
+                out.push(status.message.clone());
+            }
+        }
+        for (_, metric) in otlp::metrics(&self.collector) {
+            if let Some(metric::Data::Sum(sum)) = &metric.data {
+                for point in &sum.data_points {
+                    attribute_texts(&point.attributes, &mut out);
+                }
+            }
         }
         out
     }
@@ -156,6 +165,9 @@ fn filters_drop_what_each_rule_names_and_nothing_else() {
             node_line("ERROR", "node error line"),
             json!("plain print output\n"),
             json!({"message": "a record without a level"}),
+            // pino's numeric levels: 20 debug, 40 warn.
+            json!({"level": 20, "msg": "pino debug line"}),
+            json!({"level": 40, "msg": "pino warn line"}),
         ];
         let n = 6;
         let filters = [
@@ -170,6 +182,7 @@ fn filters_drop_what_each_rule_names_and_nothing_else() {
         bodies.sort();
         let mut expected: Vec<String> = [
             "a record without a level",
+            "pino warn line",
             "plain print output\n",
             "slow downstream",
         ]
@@ -187,7 +200,7 @@ fn filters_drop_what_each_rule_names_and_nothing_else() {
         assert_eq!(bodies, expected);
         assert_eq!(
             run.self_metric("bridge_logs_filtered_total{rule=\"min_severity\"}"),
-            Some((2 * n) as f64)
+            Some((3 * n) as f64)
         );
         assert_eq!(
             run.self_metric("bridge_logs_filtered_total{rule=\"health\"}"),
@@ -213,7 +226,7 @@ fn filters_drop_what_each_rule_names_and_nothing_else() {
         let mut bodies = run.log_bodies();
         bodies.sort();
         bodies.dedup();
-        assert_eq!(bodies.len(), 2, "{bodies:?}");
+        assert_eq!(bodies.len(), 3, "{bodies:?}");
         assert_eq!(
             run.self_metric("bridge_logs_filtered_total{rule=\"unleveled\"}"),
             Some((2 * n) as f64)
@@ -239,6 +252,13 @@ fn sensitive() -> (Vec<Value>, Vec<&'static str>) {
         json!({"level": "WARN", "msg": "key AKIAIOSFODNN7EXAMPLE leaked for bob@example.org"}),
         json!({"message": "order ORD-12345 shipped"}),
         json!("card 5500-0000-0000-0004 on file\n"),
+        // A card number as a JSON number, an address as a key, a card with its CVV after it.
+        json!({
+            "level": 30,
+            "message": "stored 4012 8888 8888 1881 123",
+            "card": 4222222222222u64,
+            "carol@example.net": "owner"
+        }),
     ];
     let secrets = vec![
         "4111 1111 1111 1111",
@@ -251,23 +271,39 @@ fn sensitive() -> (Vec<Value>, Vec<&'static str>) {
         "5500-0000-0000-0004",
         "tenant-1",
         "tenant-2",
+        "4012 8888 8888 1881",
+        "4222222222222",
+        "carol@example.net",
+        // Masked by a user rule: the function's error type, on the span's status and
+        // attribute and on faas.errors' error.type.
+        "UnhandledPromiseRejection",
     ];
     (records, secrets)
 }
 
 const MASK_RULES: &str = r#"[{"name":"orders","pattern":"ORD-[0-9]+","replacement":"ORD-#"},
-    {"name":"tenants","pattern":"tenant-[0-9]+"}]"#;
+    {"name":"tenants","pattern":"tenant-[0-9]+"},
+    {"name":"rejections","pattern":"UnhandledPromiseRejection"}]"#;
+/// Two tenants, and every other invocation failing with the simulator's error types in turn
+/// (the third is `Runtime.UnhandledPromiseRejection`, which a user rule masks).
+fn failing_tenants(c: &mut SimConfig) {
+    c.tenants = 2;
+    c.error_every = Some(2);
+}
+
+/// Records per invocation in [`sensitive`].
+const SENSITIVE_RECORDS: usize = 6;
 
 #[test]
 fn no_masked_sequence_reaches_the_otlp_receiver_and_the_raw_batch_stays_lambdas() {
     block_on(async {
         let (records, secrets) = sensitive();
-        let n = 4;
+        let n = 6;
         let vars = [
             ("BRIDGE_MASK_PRESETS", "all"),
             ("BRIDGE_MASK_RULES", MASK_RULES),
         ];
-        let run = run_with(n, records, &vars, |c| c.tenants = 2).await;
+        let run = run_with(n, records, &vars, failing_tenants).await;
         // Nothing in any accepted OTLP request's bytes (uncompressed protobuf: strings are
         // stored as they are), nor in the decoded text.
         for request in run.collector.requests() {
@@ -303,7 +339,7 @@ fn no_masked_sequence_reaches_the_otlp_receiver_and_the_raw_batch_stays_lambdas(
             attr_str(&s.attributes, "aws.lambda.tenant.id") == Some("[masked:tenants]")
         }));
         // Each line is still one record, on its invocation's trace.
-        assert_eq!(otlp::logs(&run.collector).len(), 5 * n);
+        assert_eq!(otlp::logs(&run.collector).len(), SENSITIVE_RECORDS * n);
         run.assert_raw_unchanged();
         otlp::assert_invocation_metrics_whole(&run.collector, &run.report);
         // Every rule counted what it changed in the OTLP output, and nothing in the raw batch.
@@ -334,13 +370,13 @@ fn no_masked_sequence_reaches_the_otlp_receiver_and_the_raw_batch_stays_lambdas(
 fn the_raw_batch_is_masked_when_asked_and_otherwise_byte_for_byte() {
     block_on(async {
         let (records, secrets) = sensitive();
-        let n = 3;
+        let n = 6;
         let vars = [
             ("BRIDGE_MASK_PRESETS", "all"),
             ("BRIDGE_MASK_RULES", MASK_RULES),
             ("BRIDGE_MASK_RAW", "true"),
         ];
-        let run = run_with(n, records, &vars, |c| c.tenants = 2).await;
+        let run = run_with(n, records, &vars, failing_tenants).await;
         let received = received_raw(&run.raw);
         assert_eq!(received.len(), run.report.events_sent_raw.len());
         // An event with nothing to mask is Lambda's bytes; the others are JSON with only their
@@ -363,8 +399,11 @@ fn the_raw_batch_is_masked_when_asked_and_otherwise_byte_for_byte() {
             .collect();
         shapes_received.sort();
         shapes_sent.sort();
-        assert_eq!(shapes_received, shapes_sent, "only strings changed");
-        assert!(masked >= 5 * n, "{masked} events masked");
+        assert_eq!(
+            shapes_received, shapes_sent,
+            "only text changed (strings, keys, integers)"
+        );
+        assert!(masked >= SENSITIVE_RECORDS * n, "{masked} events masked");
         assert!(
             run.self_metric("bridge_masked_total{rule=\"emails\",sink=\"raw_json\"}")
                 .unwrap_or(0.0)
@@ -373,13 +412,17 @@ fn the_raw_batch_is_masked_when_asked_and_otherwise_byte_for_byte() {
     });
 }
 
-/// A JSON value with every string replaced by "", to compare what masking may not change.
+/// A JSON value's structure, to compare what masking may not change: its text (strings,
+/// object keys, integers, which a rule may match) left out, and everything else kept.
 fn shape(value: &Value) -> Value {
     match value {
         Value::String(_) => json!(""),
+        Value::Number(n) if n.is_u64() || n.is_i64() => json!(""),
         Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
         Value::Object(fields) => {
-            Value::Object(fields.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+            let mut values: Vec<String> = fields.values().map(|v| shape(v).to_string()).collect();
+            values.sort();
+            json!({ "object": values })
         }
         other => other.clone(),
     }
@@ -395,7 +438,10 @@ fn each_bad_rule_is_one_error_and_the_others_work() {
                 "BRIDGE_MASK_RULES",
                 r#"["(unclosed", {"name":"orders","pattern":"ORD-[0-9]+"}]"#,
             ),
-            ("BRIDGE_LOGS_DROP_RULES", "GET /health"),
+            (
+                "BRIDGE_LOGS_DROP_RULES",
+                r#"["(bad", {"name":"stored_drop","pattern":"^stored "}]"#,
+            ),
             ("BRIDGE_LOGS_MIN_SEVERITY", "loud"),
         ];
         let run = run_with(2, records.clone(), &bad, |_| {}).await;
@@ -413,8 +459,15 @@ fn each_bad_rule_is_one_error_and_the_others_work() {
         }
         // The card preset was not asked for (credit_cards is no preset's name).
         assert!(all.contains("4111 1111 1111 1111"));
-        // The bad filters are off: every line leaves.
-        assert_eq!(otlp::logs(&run.collector).len(), 5 * 2);
+        // The bad filters are off; the good drop rule beside the bad one drops its line.
+        assert_eq!(
+            otlp::logs(&run.collector).len(),
+            (SENSITIVE_RECORDS - 1) * 2
+        );
+        assert_eq!(
+            run.self_metric("bridge_logs_filtered_total{rule=\"stored_drop\"}"),
+            Some(2.0)
+        );
 
         // With BRIDGE_STRICT, the same settings are an init error naming each variable.
         let mut strict: Vec<(&str, String)> =

@@ -9,6 +9,8 @@ use super::config::Pricing;
 use super::schema::{
     is_error_status, LogsDroppedRecord, PhaseSpanRecord, ReportRecord, RuntimeDoneRecord,
 };
+use crate::masking::Masking;
+use crate::self_metrics::SinkLabel;
 
 /// Bucket advice of the OTel FaaS conventions for durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -154,10 +156,11 @@ impl Instruments {
     }
 
     /// What `platform.runtimeDone` measures: the invocation's outcome and its response's size.
-    pub(super) fn record_runtime_done(&self, record: &RuntimeDoneRecord) {
+    pub(super) fn record_runtime_done(&self, record: &RuntimeDoneRecord, masking: &Masking) {
         self.record_outcome(
             &record.status,
             record.error_type.as_deref(),
+            masking,
             record.metrics.duration_ms,
             &record.spans,
         );
@@ -173,6 +176,7 @@ impl Instruments {
         &self,
         status: &str,
         error_type: Option<&str>,
+        masking: &Masking,
         duration_ms: Option<f64>,
         spans: &[PhaseSpanRecord],
     ) {
@@ -182,13 +186,14 @@ impl Instruments {
         match status {
             "success" => self.invocations.add(1, NO_ATTRIBUTES),
             "timeout" => self.timeouts.add(1, NO_ATTRIBUTES),
-            _ => self.errors.add(
-                1,
-                &[KeyValue::new(
-                    "error.type",
-                    error_type.unwrap_or(status).to_string(),
-                )],
-            ),
+            _ => {
+                // The function's own error type: text a mask rule may name, as on the span.
+                let error = error_type.unwrap_or(status);
+                let error = masking
+                    .mask(error, SinkLabel::Otlp)
+                    .unwrap_or_else(|| error.to_string());
+                self.errors.add(1, &[KeyValue::new("error.type", error)]);
+            }
         }
         for span in spans {
             let histogram = match span.name.as_str() {

@@ -31,6 +31,24 @@ pub fn severity(level: &str) -> Option<(Severity, &'static str)> {
         .map(|(_, number, text)| (number, text))
 }
 
+/// A JSON record's `level`: a name, or the numbers of pino and bunyan (10 trace, 20 debug,
+/// 30 info, 40 warn, 50 error, 60 fatal).
+pub fn json_severity(level: &serde_json::Value) -> Option<(Severity, &'static str)> {
+    match level {
+        serde_json::Value::String(name) => severity(name),
+        serde_json::Value::Number(n) => match n.as_u64()? {
+            10 => Some((Severity::Trace, "TRACE")),
+            20 => Some((Severity::Debug, "DEBUG")),
+            30 => Some((Severity::Info, "INFO")),
+            40 => Some((Severity::Warn, "WARN")),
+            50 => Some((Severity::Error, "ERROR")),
+            60 => Some((Severity::Fatal, "FATAL")),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The level of a text line in the format of Lambda's managed runtimes: Node.js writes
 /// `<time>\t<requestId>\t<LEVEL>\t<message>`, Python `[LEVEL]\t<time>\t<requestId>\t<message>`.
 /// Other text has no level.

@@ -7,7 +7,7 @@ use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 
 use super::attributes::TENANT_ID;
-use super::log_filter::{severity, text_severity};
+use super::log_filter::{json_severity, text_severity};
 use super::schema::parse_time;
 use crate::event::EventKind;
 use crate::masking::Masking;
@@ -29,11 +29,7 @@ pub(super) fn peek(record: &serde_json::Value, with_body: bool) -> (Option<Sever
     match record {
         serde_json::Value::String(text) => (text_severity(text).map(|s| s.0), body(text)),
         serde_json::Value::Object(fields) => {
-            let level = fields
-                .get("level")
-                .and_then(serde_json::Value::as_str)
-                .and_then(severity)
-                .map(|s| s.0);
+            let level = fields.get("level").and_then(json_severity).map(|s| s.0);
             let message = ["message", "msg"]
                 .iter()
                 .find_map(|k| fields.get(*k).and_then(serde_json::Value::as_str));
@@ -88,19 +84,21 @@ pub(super) fn log_record(
                     ("message" | "msg", serde_json::Value::String(m)) if body.is_none() => {
                         body = Some(m)
                     }
-                    ("level", serde_json::Value::String(level)) => match severity(&level) {
+                    ("level", level) => match json_severity(&level) {
                         Some((number, text)) => {
                             log.set_severity_number(number);
                             log.set_severity_text(text);
                         }
                         // Not a level OTLP knows: kept as it was written, with no severity.
-                        None => log.add_attribute("level", mask(level)),
+                        None => log.add_attribute("level", json_to_any(level, masking)),
                     },
                     ("timestamp", serde_json::Value::String(ts)) => {
                         if let Some(t) = parse_time(&ts) {
                             timestamp = Some(t);
                         }
                     }
+                    // The join key to the invocation's trace, Lambda's own id: not masked (nor
+                    // on the spans), so that a rule cannot cut a log line from its trace.
                     ("requestId", serde_json::Value::String(id)) => {
                         log.add_attribute("faas.invocation_id", id.clone());
                         request_id = Some(id);
@@ -108,7 +106,7 @@ pub(super) fn log_record(
                     ("tenantId", serde_json::Value::String(tenant)) => {
                         log.add_attribute(TENANT_ID, mask(tenant))
                     }
-                    (_, value) => log.add_attribute(key, json_to_any(value, masking)),
+                    (_, value) => log.add_attribute(mask(key), json_to_any(value, masking)),
                 }
             }
             match (body, structured) {
@@ -141,7 +139,11 @@ fn structured(value: serde_json::Value, masking: &Masking) -> AnyValue {
         serde_json::Value::Object(fields) => AnyValue::Map(Box::new(
             fields
                 .into_iter()
-                .map(|(k, v)| (opentelemetry::Key::from(k), structured(v, masking)))
+                .map(|(k, v)| {
+                    let mut key = k;
+                    masking.mask_string(&mut key, OTLP);
+                    (opentelemetry::Key::from(key), structured(v, masking))
+                })
                 .collect(),
         )),
         serde_json::Value::Array(items) => AnyValue::ListAny(Box::new(
@@ -153,7 +155,8 @@ fn structured(value: serde_json::Value, masking: &Masking) -> AnyValue {
 }
 
 /// A field's value as an attribute: strings masked; objects and arrays as their JSON text,
-/// masked too (a nested field is text a reader sees).
+/// masked too (a nested field is text a reader sees); an integer that a rule matches (a card
+/// number written as a number) becomes the masked text.
 fn json_to_any(value: serde_json::Value, masking: &Masking) -> AnyValue {
     let mask = |mut text: String| {
         masking.mask_string(&mut text, OTLP);
@@ -162,10 +165,17 @@ fn json_to_any(value: serde_json::Value, masking: &Masking) -> AnyValue {
     match value {
         serde_json::Value::String(s) => AnyValue::from(mask(s)),
         serde_json::Value::Bool(b) => AnyValue::from(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => AnyValue::from(i),
-            None => AnyValue::from(n.as_f64().unwrap_or(0.0)),
-        },
+        serde_json::Value::Number(n) => {
+            if !masking.is_empty() && (n.is_u64() || n.is_i64()) {
+                if let Some(masked) = masking.mask(&n.to_string(), OTLP) {
+                    return AnyValue::from(masked);
+                }
+            }
+            match n.as_i64() {
+                Some(i) => AnyValue::from(i),
+                None => AnyValue::from(n.as_f64().unwrap_or(0.0)),
+            }
+        }
         other => AnyValue::from(mask(other.to_string())),
     }
 }

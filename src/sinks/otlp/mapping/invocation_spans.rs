@@ -33,7 +33,7 @@ impl Mapper {
         if self.already_ended(&record.request_id) {
             return;
         }
-        self.instruments.record_runtime_done(&record);
+        self.instruments.record_runtime_done(&record, &self.masking);
         if self.current.as_deref() == Some(record.request_id.as_str()) {
             self.current = None;
         }
@@ -206,6 +206,7 @@ impl Mapper {
                 self.instruments.record_outcome(
                     &record.status,
                     record.error_type.as_deref(),
+                    &self.masking,
                     total_ms,
                     &record.spans,
                 );

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::Meter;
+use opentelemetry::trace::Status;
 use opentelemetry::{InstrumentationScope, Value};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::SpanData;
@@ -155,7 +156,17 @@ impl Mapper {
         let mut out = std::mem::take(&mut self.out);
         if !self.masking.is_empty() {
             for span in &mut out.spans {
+                if let Status::Error { description } = &span.status {
+                    if let Some(masked) = self.masking.mask(description, SinkLabel::Otlp) {
+                        span.status = Status::error(masked);
+                    }
+                }
                 for attribute in &mut span.attributes {
+                    // Lambda's request id is the join key of the invocation's log records: a
+                    // rule must not cut them apart (it is not masked on the records either).
+                    if attribute.key.as_str() == "faas.invocation_id" {
+                        continue;
+                    }
                     if let Value::String(text) = &attribute.value {
                         if let Some(masked) = self.masking.mask(text.as_str(), SinkLabel::Otlp) {
                             attribute.value = Value::from(masked);
