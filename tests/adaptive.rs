@@ -66,6 +66,20 @@ fn slow_endpoints_are_not_waited_for_and_every_event_arrives_once() {
             overlapped >= 3,
             "requests went out during only {overlapped} invocations: the test proves nothing"
         );
+        // Not billed: the extension's overhead per invocation (the runtime's response → its
+        // /event/next) stays far below the Telemetry API's buffering window (25 ms), which
+        // waiting for each runtimeDone would cost; 10 ms is room for a debug build on a loaded
+        // machine. The first invocation is held (to learn the traffic).
+        let mut overheads: Vec<Duration> = report.invocations[1..]
+            .iter()
+            .map(|i| i.extension_overhead)
+            .collect();
+        overheads.sort();
+        let median = overheads[overheads.len() / 2];
+        assert!(
+            median < Duration::from_millis(10),
+            "median overhead {median:?} under steady traffic: {overheads:?}"
+        );
         // The last invocation's report left at shutdown.
         let last = &report.invocations[report.invocations.len() - 1];
         let reported = sink.received_events().iter().any(|e| {
@@ -184,6 +198,21 @@ fn metrics_leave_on_their_interval_and_at_shutdown_and_sum_to_what_was_sent() {
             exports >= 3 && exports < invocations / 2,
             "{exports} metric exports for {invocations} invocations"
         );
+        // On the interval: consecutive exports at least 300 ms apart (50 ms for the encoding and
+        // the request), but for the first invocation's (held to learn the traffic) and the
+        // shutdown's, which come when they must. A shorter interval than asked fails here.
+        let arrivals: Vec<std::time::Instant> = collector
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/metrics")
+            .map(|r| r.arrived_at)
+            .collect();
+        let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+        let short = gaps
+            .iter()
+            .filter(|g| **g < Duration::from_millis(300 - 50))
+            .count();
+        assert!(short <= 2, "exports closer than the interval: {gaps:?}");
         let invoked: f64 = otlp::metrics(&collector)
             .iter()
             .filter(|(_, m)| m.name == "faas.invocations")
@@ -193,6 +222,60 @@ fn metrics_leave_on_their_interval_and_at_shutdown_and_sum_to_what_was_sent() {
             })
             .sum();
         assert_eq!(invoked, invocations as f64);
+    });
+}
+
+/// A held invocation (sparse traffic, frozen between invocations) exports its metrics before the
+/// freeze that follows it, whatever `OTEL_METRIC_EXPORT_INTERVAL` says (the default, 60 s): each
+/// invocation's count is at the collector before its next `/event/next`.
+#[test]
+fn a_held_invocation_exports_its_metrics_before_the_freeze_that_follows() {
+    block_on(async {
+        let collector = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("collector");
+        let mut cfg = config(
+            4,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                ("BRIDGE_FLUSH_MAX_DELAY_MS", "400".into()),
+            ],
+        );
+        cfg.freeze_between_invokes = true;
+        cfg.between_invokes_ms = 700;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        // Each export's faas.invocations (cumulative: the count so far), with its arrival.
+        let exports: Vec<(std::time::Instant, f64)> = collector
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/metrics")
+            .map(|r| {
+                let counted: f64 = lambda_sim::otlp_receiver::decode_metrics(std::slice::from_ref(r))
+                    .iter()
+                    .filter(|(_, m)| m.name == "faas.invocations")
+                    .map(|(_, m)| match &m.data {
+                        Some(metric::Data::Sum(s)) => s.data_points.iter().map(number_value).sum(),
+                        _ => 0.0,
+                    })
+                    .sum();
+                (r.arrived_at, counted)
+            })
+            .collect();
+        for invocation in &report.invocations {
+            let next = invocation.next_called_at.expect("next called");
+            let counted = exports
+                .iter()
+                .filter(|(at, _)| *at < next)
+                .map(|(_, n)| *n)
+                .fold(0.0, f64::max);
+            assert_eq!(
+                counted,
+                (invocation.index + 1) as f64,
+                "invocation {}: its count had not left before its freeze",
+                invocation.index
+            );
+        }
     });
 }
 
