@@ -120,14 +120,18 @@ fn sparse_traffic_with_freezes_delivers_each_invocation_before_its_freeze() {
 }
 
 /// A POST in flight when Lambda freezes the environment (SIGSTOP) for longer than the flush
-/// timeout: the endpoint answers during the freeze; after the thaw the bridge reads that answer
-/// instead of cutting the request at its expired deadline and sending the events again.
+/// timeout: the endpoint answers during the freeze (it runs on a thread of its own, so the
+/// freeze's blocking sleep does not stop it); after the thaw the bridge reads that answer,
+/// waiting in its socket, instead of cutting the request at its expired deadline and sending
+/// the events again.
 #[test]
 fn a_post_in_flight_across_a_freeze_is_delivered_once() {
+    let sink_thread =
+        common::EndpointThread::start(Behaviour::ok().with_delay(Duration::from_millis(400)));
+    let sink = &sink_thread.endpoint;
+    let freezes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = freezes.clone();
     block_on(async {
-        let sink = RecordingEndpoint::start(Behaviour::ok().with_delay(Duration::from_millis(400)))
-            .await
-            .expect("sink");
         let mut cfg = config(
             6,
             &[
@@ -143,9 +147,14 @@ fn a_post_in_flight_across_a_freeze_is_delivered_once() {
         );
         cfg.invoke_duration_ms = 20;
         cfg.freeze_between_invokes = true;
-        cfg.progress = Some(Box::new(|_: &InvocationRecord| {
-            // Frozen here, with a POST out: longer than the flush timeout.
+        cfg.progress = Some(Box::new(move |_: &InvocationRecord| {
+            // Frozen here (SIGSTOP), with a POST out: longer than the flush timeout.
+            let from = std::time::Instant::now();
             std::thread::sleep(Duration::from_millis(1_600));
+            recorded
+                .lock()
+                .expect("lock")
+                .push((from, std::time::Instant::now()));
         }));
         let report = run(cfg).await;
         assert_clean(&report);
@@ -153,6 +162,17 @@ fn a_post_in_flight_across_a_freeze_is_delivered_once() {
         assert!(
             out.contains("a timer fired after a freeze"),
             "no request was in flight across a freeze: the test proves nothing\n{out}"
+        );
+        // The case itself: a request sent before a freeze and answered during it.
+        let freezes = freezes.lock().expect("lock").clone();
+        let answered_while_frozen = sink.requests().iter().any(|r| {
+            freezes.iter().any(|(from, to)| {
+                r.arrived_at < *from && *from < r.answered_at && r.answered_at < *to
+            })
+        });
+        assert!(
+            answered_while_frozen,
+            "no request was answered during a freeze: the test proves nothing"
         );
         assert_eq!(
             sorted(&sink.received_events()),
@@ -251,14 +271,17 @@ fn a_held_invocation_exports_its_metrics_before_the_freeze_that_follows() {
             .iter()
             .filter(|r| r.path == "/v1/metrics")
             .map(|r| {
-                let counted: f64 = lambda_sim::otlp_receiver::decode_metrics(std::slice::from_ref(r))
-                    .iter()
-                    .filter(|(_, m)| m.name == "faas.invocations")
-                    .map(|(_, m)| match &m.data {
-                        Some(metric::Data::Sum(s)) => s.data_points.iter().map(number_value).sum(),
-                        _ => 0.0,
-                    })
-                    .sum();
+                let counted: f64 =
+                    lambda_sim::otlp_receiver::decode_metrics(std::slice::from_ref(r))
+                        .iter()
+                        .filter(|(_, m)| m.name == "faas.invocations")
+                        .map(|(_, m)| match &m.data {
+                            Some(metric::Data::Sum(s)) => {
+                                s.data_points.iter().map(number_value).sum()
+                            }
+                            _ => 0.0,
+                        })
+                        .sum();
                 (r.arrived_at, counted)
             })
             .collect();

@@ -19,6 +19,50 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// An endpoint served by a runtime on a thread of its own, so that it answers while the test's
+/// runtime is blocked (a freeze staged with a blocking sleep in the progress callback, which
+/// would otherwise stop the endpoint too). Dropping it stops the thread.
+pub struct EndpointThread {
+    pub endpoint: RecordingEndpoint,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EndpointThread {
+    pub fn start(behaviour: sim::Behaviour) -> EndpointThread {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            block_on(async move {
+                let endpoint = RecordingEndpoint::start(behaviour).await;
+                if ready_tx.send(endpoint).is_ok() {
+                    let _ = stopped.await;
+                }
+            })
+        });
+        let endpoint = ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the endpoint's thread started")
+            .expect("endpoint");
+        EndpointThread {
+            endpoint,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EndpointThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A simulation of `invocations` with the bridge and `env`; quick invocations, output captured.
 pub fn config(invocations: usize, env: &[(&str, String)]) -> SimConfig {
     SimConfig {
