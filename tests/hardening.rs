@@ -361,9 +361,90 @@ fn slow_heads_and_short_or_endless_bodies_are_cut_off_in_time() {
 
 #[test]
 fn a_flood_of_idle_connections_beyond_the_file_limit_never_blocks_pushes() {
+    // Every push of this run comes on a new connection: each one opened during the flood.
     let (report, _, out) = run_with_misbehaving_peers(true);
     assert_eq!(report.totals.failed_telemetry_posts, 0, "{out}");
     assert!(out.contains("too many open connections"), "{out}");
+    // And at once: not after the flood's connections time out (5 s without a request), which
+    // is when a listener that did not make room would accept them.
+    let slowest = report
+        .telemetry_posts
+        .iter()
+        .map(|p| p.answered_at - p.sent_at)
+        .max()
+        .expect("pushes");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a push waited {slowest:?} during the flood"
+    );
+}
+
+/// POSTs an empty batch on `stream` and reads the answer's status line ("" when the connection
+/// was closed).
+fn push_empty_batch(stream: &mut TcpStream) -> String {
+    let request = b"POST / HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]";
+    if stream.write_all(request).is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Lambda keeps its connection to the listener alive across idle gaps and freezes: a connection
+/// that has carried a push and then stays idle longer than the listener's head timeout (5 s)
+/// still carries the next one (a head deadline on every request, hyper's own, would close it
+/// and race Lambda's next push).
+#[test]
+fn a_used_connection_idle_past_the_head_timeout_still_carries_a_push() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = config(10, &[("DISPATCH_POST_URI", sink.url())]);
+        // The bridge lives ~9 s: past the idle gap below.
+        cfg.between_invokes_ms = 900;
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let worker = Arc::new(Mutex::new(None));
+        let (s, w) = (statuses.clone(), worker.clone());
+        cfg.progress = Some(Box::new(move |inv| {
+            if inv.index != 0 {
+                return;
+            }
+            let port = inv.listener_port.expect("the listener subscribed");
+            let s = s.clone();
+            *w.lock().expect("lock") = Some(std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let first = push_empty_batch(&mut stream);
+                std::thread::sleep(LISTENER_TIMEOUT + Duration::from_secs(1));
+                let second = push_empty_batch(&mut stream);
+                s.lock().expect("lock").extend([first, second]);
+            }));
+        }));
+        let report = run(cfg).await;
+        if let Some(worker) = worker.lock().expect("lock").take() {
+            worker.join().expect("worker");
+        }
+        assert_clean(&report);
+        let statuses = statuses.lock().expect("lock").clone();
+        assert_eq!(statuses.len(), 2, "{statuses:?}");
+        assert!(statuses[0].contains(" 200"), "first push: {statuses:?}");
+        assert!(
+            statuses[1].contains(" 200"),
+            "the push after 6 s idle on the same connection: {statuses:?}"
+        );
+    });
 }
 
 type Outcomes = Vec<(&'static str, (Duration, String, Instant))>;
@@ -393,6 +474,8 @@ fn run_with_misbehaving_peers(flood: bool) -> (lambda_sim::SimReport, Outcomes, 
         );
         // Long enough for the listener's deadlines to pass while invocations go on.
         cfg.between_invokes_ms = 700;
+        // During the flood, pushes come on new connections, not over one opened before it.
+        cfg.new_connection_per_push = flood;
         let results = Arc::new(Mutex::new(Vec::new()));
         let held: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let workers = Arc::new(Mutex::new(Vec::new()));
