@@ -775,6 +775,91 @@ fn the_otlp_retry_buffer_keeps_the_newest_20000_records() {
     });
 }
 
+/// The same bound for spans: 22,000 invocations' spans (pushed as platform.start and
+/// platform.runtimeDone pairs, without a tracing header) while the collector is down, the newest
+/// 20,000 delivered in order when it recovers, the 2,000 oldest dropped with a WARN line. The
+/// simulated invocations' own spans would share the bound: their headers say `Sampled=0` and a
+/// parent-based sampler leaves them out.
+#[test]
+fn the_otlp_retry_buffer_keeps_the_newest_20000_spans() {
+    block_on(async {
+        let collector = std::sync::Arc::new(
+            RecordingEndpoint::start(Behaviour::always(503))
+                .await
+                .expect("collector"),
+        );
+        let mut cfg = config(
+            4,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                ("OTEL_LOGS_EXPORTER", "none".into()),
+                ("OTEL_METRICS_EXPORTER", "none".into()),
+                ("OTEL_TRACES_SAMPLER", "parentbased_always_on".into()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", "3000".into()),
+                ("BRIDGE_QUEUE_MAX_EVENTS", "50000".into()),
+            ],
+        );
+        cfg.log_lines_per_invoke = 0;
+        cfg.unsampled_every = Some(1);
+        let pushed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (record, recovering) = (pushed.clone(), collector.clone());
+        cfg.progress = Some(Box::new(move |inv| match inv.index {
+            0 => {
+                let port = inv.listener_port.expect("the listener subscribed");
+                // 22 POSTs of 1,000 invocations (2,000 events, the listener's element limit).
+                let mut record = record.lock().expect("lock");
+                for post in 0..22 {
+                    let ids: Vec<String> = (0..1000)
+                        .map(|i| format!("fake-{:05}", post * 1000 + i))
+                        .collect();
+                    let events: Vec<String> = ids
+                        .iter()
+                        .flat_map(|id| {
+                            [
+                                format!(r#"{{"time":"2026-01-01T00:00:00.000Z","type":"platform.start","record":{{"requestId":"{id}","version":"$LATEST"}}}}"#),
+                                format!(r#"{{"time":"2026-01-01T00:00:00.010Z","type":"platform.runtimeDone","record":{{"requestId":"{id}","status":"success","metrics":{{"durationMs":10.0,"producedBytes":0}}}}}}"#),
+                            ]
+                        })
+                        .collect();
+                    assert_eq!(
+                        post_blocking(port, format!("[{}]", events.join(",")).as_bytes()),
+                        200
+                    );
+                    record.extend(ids);
+                }
+            }
+            1 => recovering.set_behaviour(Behaviour::ok()),
+            _ => {}
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let delivered: Vec<String> = common::otlp::spans(&collector)
+            .into_iter()
+            .filter_map(|(_, span)| {
+                common::otlp::attr_str(&span.attributes, "faas.invocation_id").map(String::from)
+            })
+            .filter(|id| id.starts_with("fake-"))
+            .collect();
+        let pushed = pushed.lock().expect("lock").clone();
+        assert_eq!(delivered.len(), 20_000);
+        assert_eq!(
+            delivered.as_slice(),
+            &pushed[2_000..],
+            "the newest 20,000, in order"
+        );
+        let out = &report.extension_output;
+        // The drops are logged per flush (a WARN line each): 2,000 of the pushed invocations
+        // and the init span (a root, so sampled, and the oldest).
+        let dropped: usize = out
+            .lines()
+            .filter(|l| l.contains("span buffer full"))
+            .filter_map(|l| l.split("dropped=").nth(1))
+            .filter_map(|n| n.split_whitespace().next()?.parse::<usize>().ok())
+            .sum();
+        assert_eq!(dropped, 2_001, "{out}");
+    });
+}
+
 #[test]
 fn peak_rss_stays_flat_over_two_thousand_invocations() {
     block_on(async {
