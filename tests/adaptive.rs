@@ -395,3 +395,49 @@ fn overdue_telemetry_leaves_below_the_minimum_batch_size() {
         );
     });
 }
+
+/// At most four background flushes in flight: against an endpoint that answers after a second,
+/// with a delivery asked for at every invocation (`BRIDGE_FLUSH_FRESHNESS_MS=0`) and invocations
+/// every ~35 ms, the raw endpoint never has more than four requests open at once before the
+/// shutdown, and does reach four (the bound is what stops it).
+#[test]
+fn at_most_four_background_flushes_are_in_flight() {
+    block_on(async {
+        let sink =
+            RecordingEndpoint::start(Behaviour::ok().with_delay(Duration::from_millis(1000)))
+                .await
+                .expect("sink");
+        let mut cfg = config(
+            30,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "0".into()),
+                ("BRIDGE_FLUSH_TIMEOUT_MS", "3000".into()),
+            ],
+        );
+        cfg.invoke_duration_ms = 30;
+        cfg.shutdown_deadline_ms = 8000;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let shutdown = report.shutdown_at.expect("SHUTDOWN handed over");
+        // The most requests open at once, from their arrivals and answers (the shutdown's own
+        // flush is not a background one, so only requests sent before SHUTDOWN count).
+        let requests: Vec<_> = sink
+            .requests()
+            .into_iter()
+            .filter(|r| r.arrived_at < shutdown)
+            .collect();
+        let most_open = requests
+            .iter()
+            .map(|r| {
+                requests
+                    .iter()
+                    .filter(|o| o.arrived_at <= r.arrived_at && r.arrived_at < o.answered_at)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(most_open, 4, "{} requests before SHUTDOWN", requests.len());
+        assert_eq!(sorted(&sink.received_events()), sorted(&report.events_sent));
+    });
+}

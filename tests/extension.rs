@@ -329,3 +329,47 @@ fn freezes_between_invocations_lose_and_duplicate_nothing() {
         assert_eq!(sink.received_events(), report.events_sent);
     });
 }
+
+/// Lambda refuses the Telemetry API subscription: one ERROR line says no telemetry will arrive,
+/// and the bridge goes on serving the lifecycle without holding any invocation for a
+/// runtimeDone that cannot come (each would otherwise wait until its deadline), then exits 0 in
+/// time at SHUTDOWN.
+#[test]
+fn a_refused_subscription_is_one_error_and_the_lifecycle_goes_on() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = config(4, &[("DISPATCH_POST_URI", sink.url())]);
+        cfg.refuse_subscription = Some(500);
+        cfg.shutdown_deadline_ms = 1500;
+        let report = run(cfg).await;
+        let out = &report.extension_output;
+        assert_eq!(report.exit_code, Some(0), "{out}");
+        assert!(!report.killed);
+        assert_eq!(report.subscribe_status, Some(500));
+        let errors: Vec<&str> = out.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{out}");
+        assert!(
+            errors[0].contains("telemetry subscription failed")
+                && errors[0].contains("no telemetry will arrive"),
+            "{out}"
+        );
+        // Nothing held: the function's own timeout is 3 s, a wait for runtimeDone would reach it.
+        assert_eq!(report.invocations.len(), 4);
+        for invocation in &report.invocations {
+            assert!(
+                invocation.extension_overhead < Duration::from_millis(100),
+                "invocation {} held {:?}",
+                invocation.index,
+                invocation.extension_overhead
+            );
+        }
+        let took = report.shutdown_duration.expect("exited");
+        assert!(
+            took <= Duration::from_millis(1500 - 250 + 60),
+            "shutdown took {took:?}"
+        );
+        assert!(sink.requests().is_empty(), "no telemetry, nothing sent");
+    });
+}

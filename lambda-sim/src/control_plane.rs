@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub pid: AtomicU32,
     /// Lambda Managed Instances' rules: INVOKE registration refused, schema 2025-01-29 only.
     pub managed_instances: bool,
+    /// `SimConfig::refuse_subscription`.
+    pub refuse_subscription: Option<u16>,
 }
 
 impl Shared {
@@ -476,6 +478,20 @@ async fn subscribe(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         return r;
     }
     let (value, is_json) = body_value(&body);
+    if let Some(status) = shared.refuse_subscription {
+        let mut rec = shared.lock();
+        rec.subscription_body = Some(value);
+        rec.subscribe_status = Some(status);
+        rec.subscribe_error = Some("refused by the simulation".into());
+        drop(rec);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = if status.is_server_error() {
+            "ServiceException"
+        } else {
+            "ValidationError"
+        };
+        return error(status, kind, "the subscription was refused");
+    }
     let result = if !is_json {
         Err("the body is not JSON".into())
     } else if shared.managed_instances
@@ -551,6 +567,7 @@ mod tests {
             history_limit: None,
             pid: AtomicU32::new(0),
             managed_instances: true,
+            refuse_subscription: None,
         });
         let plane = ControlPlane::start(shared).await.expect("control plane");
         let client = crate::driver::http_client().expect("client");

@@ -94,6 +94,7 @@ pub(crate) async fn run(mut cfg: SimConfig) -> Result<SimReport, SimError> {
         history_limit: cfg.history_limit,
         pid: std::sync::atomic::AtomicU32::new(0),
         managed_instances: cfg.managed_instances.is_some(),
+        refuse_subscription: cfg.refuse_subscription,
     });
     let control_plane = ControlPlane::start(shared.clone()).await?;
     let client = if cfg.new_connection_per_push {

@@ -166,6 +166,10 @@ pub struct SimConfig {
     /// Push telemetry over a new connection each time, instead of one kept alive as AWS's
     /// emulator does (an extension's listener then pays for every accept). Default false.
     pub new_connection_per_push: bool,
+    /// Refuse the Telemetry API subscription with this status (a 4xx as `ValidationError`, a
+    /// 5xx as `ServiceException`), as Lambda does when it cannot subscribe the extension.
+    /// Default `None`: accepted when valid.
+    pub refuse_subscription: Option<u16>,
     /// Lambda Managed Instances with this many invocations running at once (`None`: the
     /// default model). The rules change as AWS documents them: registering for INVOKE is
     /// refused (403 `Extension.InvalidEventType`), subscriptions need schema 2025-01-29 (400
@@ -231,6 +235,7 @@ impl Default for SimConfig {
             flush_before_shutdown: false,
             withhold_last_report: false,
             new_connection_per_push: false,
+            refuse_subscription: None,
             managed_instances: None,
             shutdown_during_invocations: false,
             tenants: 0,
@@ -270,6 +275,7 @@ impl fmt::Debug for SimConfig {
             .field("capture_output", &self.capture_output)
             .field("own_process_group", &self.own_process_group)
             .field("xray", &self.xray)
+            .field("refuse_subscription", &self.refuse_subscription)
             .field("snap_start", &self.snap_start)
             .field("flush_before_shutdown", &self.flush_before_shutdown)
             .field("managed_instances", &self.managed_instances)
