@@ -38,6 +38,7 @@ struct Steady {
     logs: usize,
     span: Duration,
     fresh_median_ms: f64,
+    fresh_p95_ms: f64,
 }
 
 /// About 50 invocations a second (a 20 ms function, back to back) for `invocations`, both outputs
@@ -109,6 +110,11 @@ async fn steady(invocations: usize, freshness_ms: u64) -> Steady {
         logs: count(&collector, "/v1/logs"),
         span: end.saturating_duration_since(first),
         fresh_median_ms: median(&fresh).expect("freshness"),
+        fresh_p95_ms: {
+            let mut sorted = fresh.clone();
+            sorted.sort_by(f64::total_cmp);
+            sorted[(sorted.len() * 95).div_ceil(100) - 1]
+        },
     }
 }
 
@@ -158,12 +164,16 @@ fn steady_traffic_sends_about_one_request_per_output_per_freshness_target() {
             fast.fresh_median_ms,
             slow.fresh_median_ms
         );
-        // Within the target (plus a loaded machine's slack) at the median.
-        assert!(
-            slow.fresh_median_ms < 1_000.0 + 400.0,
-            "{}",
-            slow.fresh_median_ms
-        );
+        // Within the target plus the endpoints' round trip (10 ms here) and a loaded machine's
+        // slack (300 ms: a late timer, a debug build), at the 95th percentile, at each target:
+        // a delivery at twice the target fails.
+        for (run, target) in [(&slow, 1_000.0), (&fast, 250.0)] {
+            assert!(
+                run.fresh_p95_ms < target + 10.0 + 300.0,
+                "freshness p95 {:.0} ms at a {target} ms target",
+                run.fresh_p95_ms
+            );
+        }
     });
 }
 
@@ -243,6 +253,70 @@ fn traffic_that_stops_abruptly_is_delivered_at_the_next_invocation_or_the_shutdo
                 "invocation {i} left before the shutdown\n{out}"
             );
         }
+    });
+}
+
+/// From steady traffic to a long gap: after a freeze longer than `BRIDGE_FLUSH_MAX_DELAY_MS`, what
+/// waited is older than that, so the next invocation is held and delivers it, and its own
+/// runtimeDone, before its `/event/next` (nothing waits through a second freeze). The endpoint
+/// answers after 200 ms, so that the delivery the thaw starts (its target passed during the
+/// freeze) is still unconfirmed when the next INVOKE comes: the old events are still undelivered
+/// then, which is what holds it.
+#[test]
+fn after_a_gap_longer_than_the_max_delay_the_next_invocation_is_held() {
+    block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok().with_delay(Duration::from_millis(200)))
+            .await
+            .expect("sink");
+        let gap_after = 10;
+        let mut cfg = config(
+            14,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_FLUSH_FRESHNESS_MS", "800".into()),
+                ("BRIDGE_FLUSH_MAX_DELAY_MS", "1000".into()),
+            ],
+        );
+        cfg.invoke_duration_ms = 20;
+        cfg.freeze_between_invokes = true;
+        cfg.progress = Some(Box::new(move |inv: &InvocationRecord| {
+            if inv.index == gap_after {
+                // Frozen here, longer than the max delay.
+                std::thread::sleep(Duration::from_millis(1_500));
+            }
+        }));
+        let report = run(cfg).await;
+        assert_clean(&report);
+        let arrived = runtime_done_arrivals(&sink);
+        let at = |i: usize| {
+            *arrived
+                .get(&report.invocations[i].request_id)
+                .unwrap_or_else(|| panic!("invocation {i}: runtimeDone never arrived"))
+        };
+        let freeze = report.invocations[gap_after]
+            .next_called_at
+            .expect("next called");
+        let after_gap = &report.invocations[gap_after + 1];
+        let next = after_gap.next_called_at.expect("next called");
+        let out = &report.extension_output;
+        // Steady before the gap: the invocations just before it had not left at the freeze.
+        assert!(
+            at(gap_after - 1) > freeze,
+            "nothing was coalesced before the gap\n{out}"
+        );
+        // Held after it: what waited, and its own runtimeDone, before its /event/next.
+        for i in 1..=gap_after + 1 {
+            assert!(
+                at(i) < next,
+                "invocation {i}'s runtimeDone left after the first invocation past the gap \
+                 went back to /event/next\n{out}"
+            );
+        }
+        assert_eq!(
+            received_raw(&sink),
+            report.events_sent_raw,
+            "each event once, in order"
+        );
     });
 }
 
