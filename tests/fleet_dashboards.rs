@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{block_on, bridge_binary, dead_port, http_blocking, start_server};
+use common::{block_on, bridge_binary, dead_port, http_blocking, received_raw, start_server};
 use lambda_sim::fleet::{self, FleetConfig, FleetFunction, FleetReport};
 use lambda_sim::prometheus::{ExpositionServer, LiveExposition};
 use lambda_sim::{Behaviour, RecordingEndpoint, SimConfig, SimReport};
@@ -434,6 +434,13 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                 .await
                 .expect("sink"),
         );
+        // The billing function's raw endpoint refuses every batch (400): its bridges drop each
+        // one, counted, so that the failure and drop panels have a number to be right about.
+        let rejecting = Arc::new(
+            RecordingEndpoint::start(Behaviour::always(400))
+                .await
+                .expect("a rejecting raw endpoint"),
+        );
         let exposition = {
             let collector = collector.clone();
             let live = LiveExposition::new(EXPIRATION);
@@ -488,7 +495,7 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         // Whole seconds, so that range queries' steps fall on the same instants as the tiles.
         let started = unix_now().floor() - 1.0;
 
-        let (raw_url, otlp_url) = (sink.url(), collector.url());
+        let (raw_url, otlp_url, rejecting_url) = (sink.url(), collector.url(), rejecting.url());
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
         let fleet = fleet::run(FleetConfig {
             slots: SLOTS,
@@ -508,7 +515,10 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                 SimConfig {
                     extension_path: bridge_binary(),
                     extension_env: vec![
-                        ("DISPATCH_POST_URI".into(), raw_url.clone()),
+                        (
+                            "DISPATCH_POST_URI".into(),
+                            if orders { &raw_url } else { &rejecting_url }.clone(),
+                        ),
                         ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), otlp_url.clone()),
                         (
                             "OTEL_METRIC_EXPORT_INTERVAL".into(),
@@ -544,11 +554,40 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
             fleet.max_alive
         );
         let events: usize = fleet.events_sent();
+        // Each orders environment's events once at the raw endpoint (as a multiset: the
+        // environments overlap), and each billing one's refused, once, at the other.
+        let raw_of = |name: &str| {
+            let mut raw: Vec<String> = fleet
+                .environments
+                .iter()
+                .filter(|e| e.spec.function.name == name)
+                .flat_map(|e| e.report().expect("a report").events_sent_raw.clone())
+                .collect();
+            raw.sort();
+            raw
+        };
+        let mut delivered = received_raw(&sink);
+        delivered.sort();
+        assert_eq!(delivered, raw_of("orders"), "the orders events, each once");
+        let mut refused: Vec<String> = rejecting
+            .requests()
+            .iter()
+            .flat_map(|r| {
+                serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&r.body)
+                    .expect("JSON arrays")
+                    .into_iter()
+                    .map(|i| i.get().to_string())
+            })
+            .collect();
+        refused.sort();
+        let billing_events = raw_of("billing");
         assert_eq!(
-            sink.received_events().len(),
-            events,
-            "every event once at the raw endpoint"
+            refused, billing_events,
+            "the billing events, each refused once"
         );
+        let (rejected_batches, rejected_events) =
+            (rejecting.requests().len(), billing_events.len());
+        assert!(rejected_batches > 0 && delivered.len() + rejected_events == events);
 
         // Let Prometheus scrape the last exports and pushes (a few scrape intervals), then
         // evaluate at a whole second.
@@ -834,6 +873,14 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         )
         .count();
         let raw_requests = sink.requests();
+        let collector_requests = collector.requests();
+        let accepted_requests =
+            |signal| lambda_sim::otlp_receiver::accepted(&collector_requests, signal).count();
+        let accepted_bytes = |signal| -> usize {
+            lambda_sim::otlp_receiver::accepted(&collector_requests, signal)
+                .map(|r| r.body.len())
+                .sum()
+        };
         let raw_posts = raw_requests.iter().filter(|r| r.succeeded()).count() as f64;
         for query in panel_queries("bridge-health.json") {
             let name = format!("{} > {} {}", query.dashboard, query.panel, query.ref_id);
@@ -852,9 +899,35 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                     assert_eq!(only(&at_end, &name), everything.invocations() as f64, "{name}")
                 }
                 ("Events received", _) => assert_eq!(only(&at_end, &name), events as f64, "{name}"),
-                ("Items dropped", _) | ("Sink failures", _) | ("Failures and retries", _) => {
+                // The billing bridges' refused batches: one failure each (a 400 is not retried)
+                // and their events dropped as rejected; nothing else failed.
+                ("Items dropped", _) => {
+                    assert_eq!(total(&at_end), rejected_events as f64, "{name}");
+                    // A time series (per interval) sums to the same; a stat panel's whole-range
+                    // query has no intervals to sum.
+                    if query.expr.contains("$__interval") {
+                        assert_eq!(total(&tiled), rejected_events as f64, "{name}: per interval");
+                    }
+                    if query.expr.contains("by (sink, reason)") {
+                        let by_reason = by_label(&tiled, "reason", 1.0);
+                        assert_eq!(by_reason.get("rejected"), Some(&(rejected_events as f64)), "{name}: {by_reason:?}");
+                        let by_sink = by_label(&tiled, "sink", 1.0);
+                        assert_eq!(by_sink.get("raw_json"), Some(&(rejected_events as f64)), "{name}: {by_sink:?}");
+                    }
+                }
+                ("Sink failures", _) | ("Failures and retries", "A") => {
+                    assert_eq!(total(&at_end), rejected_batches as f64, "{name}");
+                    if query.expr.contains("$__interval") {
+                        assert_eq!(total(&tiled), rejected_batches as f64, "{name}: per interval");
+                    }
+                    if query.expr.contains("by (sink, reason)") {
+                        let by_reason = by_label(&tiled, "reason", 1.0);
+                        assert_eq!(by_reason.get("rejected"), Some(&(rejected_batches as f64)), "{name}: {by_reason:?}");
+                    }
+                }
+                ("Failures and retries", _) => {
                     assert!(!at_end.is_empty(), "{name}: no answer (the series exist at 0)");
-                    assert_eq!(total(&at_end), 0.0, "{name}");
+                    assert_eq!(total(&at_end), 0.0, "{name}: a 400 is not retried");
                     assert_eq!(total(&tiled), 0.0, "{name}: per interval");
                 }
                 ("Queue depth", _) => {
@@ -885,7 +958,7 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                 ("Items sent per sink", _) => {
                     let sent = by_label(&tiled, "sink", STEP_S as f64);
                     for (sink, expected) in [
-                        ("raw_json", events),
+                        ("raw_json", delivered.len()),
                         ("otlp_traces", spans_received),
                         ("otlp_logs", logs_received),
                         ("otlp_metrics", metric_exports),
@@ -895,14 +968,30 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                     }
                 }
                 ("Requests per sink", _) => {
-                    let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
-                    assert!(raw.is_some_and(|r| close(r, raw_posts)), "{name}: raw_json {raw:?} vs {raw_posts}");
+                    let requests = by_label(&tiled, "sink", STEP_S as f64);
+                    for (sink, expected) in [
+                        ("raw_json", raw_posts),
+                        ("otlp_traces", accepted_requests(lambda_sim::otlp_receiver::Signal::Traces) as f64),
+                        ("otlp_logs", accepted_requests(lambda_sim::otlp_receiver::Signal::Logs) as f64),
+                        ("otlp_metrics", metric_exports as f64),
+                    ] {
+                        let got = requests.get(sink).copied();
+                        assert!(got.is_some_and(|g| close(g, expected)), "{name}: {sink} {got:?} vs {expected}");
+                    }
                 }
                 // Bytes: the bridge counts the bodies it sent, which the raw endpoint received.
                 ("Bytes sent per sink", _) => {
-                    let bytes: usize = raw_requests.iter().filter(|r| r.succeeded()).map(|r| r.body.len()).sum();
-                    let raw = by_label(&tiled, "sink", STEP_S as f64).get("raw_json").copied();
-                    assert!(raw.is_some_and(|r| close(r, bytes as f64)), "{name}: raw_json {raw:?} vs {bytes}");
+                    let raw_bytes: usize = raw_requests.iter().filter(|r| r.succeeded()).map(|r| r.body.len()).sum();
+                    let sent = by_label(&tiled, "sink", STEP_S as f64);
+                    for (sink, expected) in [
+                        ("raw_json", raw_bytes),
+                        ("otlp_traces", accepted_bytes(lambda_sim::otlp_receiver::Signal::Traces)),
+                        ("otlp_logs", accepted_bytes(lambda_sim::otlp_receiver::Signal::Logs)),
+                        ("otlp_metrics", accepted_bytes(lambda_sim::otlp_receiver::Signal::Metrics)),
+                    ] {
+                        let got = sent.get(sink).copied();
+                        assert!(got.is_some_and(|g| close(g, expected as f64)), "{name}: {sink} {got:?} vs {expected}");
+                    }
                 }
                 ("Extension overhead per invocation (as Lambda reports it)", r) => {
                     let q = if r == "A" { 0.5 } else { 0.99 };
