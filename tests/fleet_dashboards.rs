@@ -303,6 +303,37 @@ impl Sent {
     }
 }
 
+/// The function's log lines, in turn: one below `info`, one with an email address, one plain.
+fn log_records() -> Vec<Value> {
+    vec![
+        serde_json::json!({"level": "DEBUG", "message": "cache miss"}),
+        serde_json::json!({"level": "INFO", "message": "receipt sent to jane.doe@example.com"}),
+        serde_json::json!("plain text line\n"),
+    ]
+}
+
+/// Function log events of `function`'s environments whose record is `record` (with the fields
+/// the simulator adds), and the environments and invocations of that function.
+fn function_lines(fleet: &FleetReport, function: &str, message: &str) -> usize {
+    fleet
+        .environments
+        .iter()
+        .filter(|e| e.spec.function.name == function)
+        .flat_map(|e| e.report().expect("a report").events_sent.clone())
+        .filter(|e| e["type"] == "function" && e["record"]["message"] == message)
+        .count()
+}
+
+/// Sampling decisions the bridges of `function` took: one per invocation and one per init.
+fn decisions(fleet: &FleetReport, function: &str) -> usize {
+    fleet
+        .environments
+        .iter()
+        .filter(|e| e.spec.function.name == function)
+        .map(|e| e.report().expect("a report").invocations.len() + 1)
+        .sum()
+}
+
 fn sent(fleet: &FleetReport, selection: &Selection) -> Sent {
     let mut sent = Sent::default();
     for environment in &fleet.environments {
@@ -526,7 +557,20 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                         ),
                         ("BRIDGE_PUSHGATEWAY_URL".into(), gateway_url.clone()),
                         ("BRIDGE_ARCHITECTURE".into(), "x86_64".into()),
-                    ],
+                    ]
+                    .into_iter()
+                    // What leaves: orders filters its DEBUG lines and masks emails, billing
+                    // samples every span out (the filter, mask and sampling panels' numbers).
+                    .chain(if orders {
+                        vec![
+                            ("BRIDGE_LOGS_MIN_SEVERITY".into(), "info".into()),
+                            ("BRIDGE_MASK_PRESETS".into(), "emails".into()),
+                        ]
+                    } else {
+                        vec![("OTEL_TRACES_SAMPLER".into(), "always_off".into())]
+                    })
+                    .collect(),
+                    log_records: log_records(),
                     memory_mb: if orders { 256 } else { 128 },
                     runtime_init_ms: 60,
                     invoke_duration_ms: if orders { 40 } else { 150 },
@@ -992,6 +1036,34 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
                         let got = sent.get(sink).copied();
                         assert!(got.is_some_and(|g| close(g, expected as f64)), "{name}: {sink} {got:?} vs {expected}");
                     }
+                }
+                ("Log lines filtered and text masked", "A") => {
+                    let got = round(&by_label(&tiled, "rule", 1.0));
+                    let debug = function_lines(&fleet, "orders", "cache miss") as f64;
+                    assert!(debug > 0.0);
+                    assert_eq!(got, BTreeMap::from([("min_severity".to_string(), debug)]), "{name}");
+                }
+                ("Log lines filtered and text masked", _) => {
+                    let got = round(&by_label(&tiled, "sink", 1.0));
+                    let emails = function_lines(&fleet, "orders", "receipt sent to jane.doe@example.com") as f64;
+                    assert!(emails > 0.0);
+                    assert_eq!(
+                        got,
+                        BTreeMap::from([("otlp".to_string(), emails), ("raw_json".to_string(), 0.0)]),
+                        "{name}"
+                    );
+                }
+                ("Trace sampling decisions", _) => {
+                    let mut got = round(&by_label(&tiled, "decision", 1.0));
+                    got.retain(|_, v| *v != 0.0);
+                    assert_eq!(
+                        got,
+                        BTreeMap::from([
+                            ("sampled".to_string(), decisions(&fleet, "orders") as f64),
+                            ("sampled_out".to_string(), decisions(&fleet, "billing") as f64),
+                        ]),
+                        "{name}"
+                    );
                 }
                 ("Extension overhead per invocation (as Lambda reports it)", r) => {
                     let q = if r == "A" { 0.5 } else { 0.99 };
