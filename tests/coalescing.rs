@@ -165,11 +165,11 @@ fn steady_traffic_sends_about_one_request_per_output_per_freshness_target() {
             slow.fresh_median_ms
         );
         // Within the target plus the endpoints' round trip (10 ms here) and a loaded machine's
-        // slack (300 ms: a late timer, a debug build), at the 95th percentile, at each target:
-        // a delivery at twice the target fails.
+        // slack (400 ms: a late timer, a debug build), at the 95th percentile, at each target:
+        // at 1 s, a delivery at twice the target fails (1.7 s with it doubled).
         for (run, target) in [(&slow, 1_000.0), (&fast, 250.0)] {
             assert!(
-                run.fresh_p95_ms < target + 10.0 + 300.0,
+                run.fresh_p95_ms < target + 10.0 + 400.0,
                 "freshness p95 {:.0} ms at a {target} ms target",
                 run.fresh_p95_ms
             );
@@ -268,9 +268,11 @@ fn after_a_gap_longer_than_the_max_delay_the_next_invocation_is_held() {
         let sink = RecordingEndpoint::start(Behaviour::ok().with_delay(Duration::from_millis(200)))
             .await
             .expect("sink");
-        let gap_after = 10;
+        // Few invocations before the gap, so that they all come within the 800 ms target even on
+        // a loaded machine (none delivered before the freeze: the traffic was steady).
+        let gap_after = 5;
         let mut cfg = config(
-            14,
+            9,
             &[
                 ("DISPATCH_POST_URI", sink.url()),
                 ("BRIDGE_FLUSH_FRESHNESS_MS", "800".into()),

@@ -178,10 +178,10 @@ fn shutdown_drains_the_last_report_and_exits_zero_in_time() {
             .iter()
             .any(|e| e["type"] == "platform.report" && request_id(e) == Some(last.as_str())));
         // In time from the bridge's side: done 250 ms before deadlineMs (the simulator would kill
-        // it only at the deadline), plus what an exit needs to be seen on a loaded machine.
+        // it only at the deadline), plus what an exit needs to be seen on a loaded machine (120 ms).
         let took = report.shutdown_duration.expect("exited");
         assert!(
-            took <= Duration::from_millis(1500 - 250 + 60),
+            took <= Duration::from_millis(1500 - 250 + 120),
             "shutdown took {took:?} (deadline 1500 ms, margin 250 ms)"
         );
         assert!(!report.killed);
@@ -355,11 +355,12 @@ fn a_refused_subscription_is_one_error_and_the_lifecycle_goes_on() {
                 && errors[0].contains("no telemetry will arrive"),
             "{out}"
         );
-        // Nothing held: the function's own timeout is 3 s, a wait for runtimeDone would reach it.
+        // Nothing held: the function's own timeout is 3 s, a wait for runtimeDone would reach it
+        // (500 ms is room for a loaded machine).
         assert_eq!(report.invocations.len(), 4);
         for invocation in &report.invocations {
             assert!(
-                invocation.extension_overhead < Duration::from_millis(100),
+                invocation.extension_overhead < Duration::from_millis(500),
                 "invocation {} held {:?}",
                 invocation.index,
                 invocation.extension_overhead
@@ -367,7 +368,7 @@ fn a_refused_subscription_is_one_error_and_the_lifecycle_goes_on() {
         }
         let took = report.shutdown_duration.expect("exited");
         assert!(
-            took <= Duration::from_millis(1500 - 250 + 60),
+            took <= Duration::from_millis(1500 - 250 + 120),
             "shutdown took {took:?}"
         );
         assert!(sink.requests().is_empty(), "no telemetry, nothing sent");
