@@ -173,15 +173,11 @@ fn a_slow_sink_holds_an_invoke_no_longer_than_the_flush_timeout() {
         );
         // The listener kept answering Lambda while the sink hung: delivery is off its request path.
         // Each push answered well inside the flush timeout (300 ms), which a delivery on the
-        // request path would take against this sink; 150 ms is a debug build on a loaded machine.
+        // request path would take against this sink, with room for a debug build on a loaded
+        // machine.
         assert_eq!(report.totals.failed_telemetry_posts, 0);
         assert!(!report.history_pruned());
-        let slowest = report
-            .telemetry_posts
-            .iter()
-            .map(|p| p.answered_at - p.sent_at)
-            .max()
-            .expect("pushes");
+        let slowest = slowest_push(&report);
         assert!(
             slowest <= PUSH_ANSWERED_WITHIN,
             "a push was answered after {slowest:?} while the sink hung"

@@ -85,6 +85,16 @@ pub async fn run(cfg: SimConfig) -> SimReport {
     }
 }
 
+/// The longest any telemetry push of the run took to be answered (sent → answered).
+pub fn slowest_push(report: &SimReport) -> std::time::Duration {
+    report
+        .telemetry_posts
+        .iter()
+        .map(|p| p.answered_at - p.sent_at)
+        .max()
+        .expect("the run made pushes")
+}
+
 /// Panics with the extension's output when the run was not clean.
 pub fn assert_clean(report: &SimReport) {
     assert!(
