@@ -499,6 +499,9 @@ fn every_dashboard_metric_is_produced() {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
                 ("DISPATCH_POST_URI", raw.url()),
                 ("BRIDGE_PUSHGATEWAY_URL", gateway.url()),
+                // As the stack configures it: the filter and mask panels' series exist.
+                ("BRIDGE_LOGS_MIN_SEVERITY", "debug".into()),
+                ("BRIDGE_MASK_PRESETS", "all".into()),
             ],
         );
         // The stack's mix (docker-compose.yml), compressed: successes, errors and timeouts.
