@@ -217,13 +217,65 @@ async fn start_self_metrics(
             .log_stream
             .clone()
             .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        Arc::new(tokio::sync::Mutex::new(Pusher::new(
-            gateway,
-            &instance,
-            self_metrics.push_interval,
-            http.clone(),
-        )))
+        let pusher = Pusher::new(gateway, &instance, self_metrics.push_interval, http.clone());
+        if let Some(stale_after) = self_metrics.stale_after {
+            spawn_stale_group_cleanup(
+                gateway.clone(),
+                pusher.headers.clone(),
+                instance,
+                stale_after,
+                http.clone(),
+            );
+        }
+        Arc::new(tokio::sync::Mutex::new(pusher))
     })
+}
+
+/// Once per environment, a second after start (init is done by then, so it costs init nothing;
+/// it runs beside the lifecycle, on no invocation's path): the Pushgateway groups of ended
+/// environments are deleted (`self_metrics::stale_groups`).
+fn spawn_stale_group_cleanup(
+    gateway: self_metrics::config::Pushgateway,
+    headers: reqwest::header::HeaderMap,
+    own: String,
+    stale_after: std::time::Duration,
+    http: Arc<LazyClient>,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let client = match http.get() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "Pushgateway: stale groups not deleted");
+                return;
+            }
+        };
+        let endpoint = redact_url(&gateway.url);
+        match self_metrics::stale_groups::delete_stale(
+            client,
+            &gateway,
+            &headers,
+            &own,
+            stale_after,
+        )
+        .await
+        {
+            Ok(cleanup) if cleanup.deleted + cleanup.failed + cleanup.left > 0 => tracing::info!(
+                endpoint = %endpoint,
+                deleted = cleanup.deleted,
+                failed = cleanup.failed,
+                left_for_later = cleanup.left,
+                stale_after_ms = stale_after.as_millis() as u64,
+                "Pushgateway: groups of ended environments deleted"
+            ),
+            Ok(_) => tracing::debug!("Pushgateway: no stale group"),
+            Err(error) => tracing::warn!(
+                endpoint = %endpoint,
+                error,
+                "Pushgateway: stale groups not deleted"
+            ),
+        }
+    });
 }
 
 /// `BRIDGE_STRICT=true` and a setting was invalid: an init error reported to Lambda, exit 1.

@@ -147,6 +147,101 @@ impl Transport {
     }
 }
 
+/// What [`Transport::get_lines`] read.
+#[derive(Debug)]
+pub struct Listing {
+    pub status: StatusCode,
+    /// The body was longer than the bound: only its first lines were read.
+    pub truncated: bool,
+}
+
+impl Transport {
+    /// GETs `endpoint` and hands each line of the answer's body to `on_line` as it arrives, at
+    /// most `max_bytes` of it and within `timeout` (of time the process was not frozen), so a
+    /// long listing costs neither memory nor more than its bound.
+    pub async fn get_lines(
+        &self,
+        endpoint: &Endpoint,
+        headers: &HeaderMap,
+        timeout: Duration,
+        max_bytes: usize,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Listing, String> {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut read = 0usize;
+        // Feeds a chunk; false once the bound is reached.
+        let mut feed = |chunk: &[u8]| -> bool {
+            read += chunk.len();
+            pending.extend_from_slice(chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                on_line(&String::from_utf8_lossy(&pending[..end]));
+                pending.drain(..=end);
+            }
+            read <= max_bytes
+        };
+        let exchange = async {
+            match self {
+                Transport::Plain(client) => {
+                    let builder = hyper::Request::builder().method(reqwest::Method::GET);
+                    let builder = match &endpoint.uri {
+                        Some(uri) => builder.uri(uri.clone()),
+                        None => builder.uri(endpoint.url.as_str()),
+                    };
+                    let mut request = builder
+                        .body(Full::new(Bytes::new()))
+                        .map_err(|e| format!("request failed: {e}"))?;
+                    *request.headers_mut() = headers.clone();
+                    let response = client
+                        .request(request)
+                        .await
+                        .map_err(|e| format!("request failed: {}", innermost(&e)))?;
+                    let status = response.status();
+                    let mut body = std::pin::pin!(response.into_body());
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.map_err(|e| format!("reading failed: {e}"))?;
+                        if let Ok(data) = frame.into_data() {
+                            if !feed(&data) {
+                                return Ok(Listing {
+                                    status,
+                                    truncated: true,
+                                });
+                            }
+                        }
+                    }
+                    Ok(Listing {
+                        status,
+                        truncated: false,
+                    })
+                }
+                Transport::Tls(client) => {
+                    let mut response = client
+                        .get(endpoint.url.clone())
+                        .headers(headers.clone())
+                        .send()
+                        .await
+                        .map_err(|e| describe(&e))?;
+                    let status = response.status();
+                    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+                        if !feed(&chunk) {
+                            return Ok(Listing {
+                                status,
+                                truncated: true,
+                            });
+                        }
+                    }
+                    Ok(Listing {
+                        status,
+                        truncated: false,
+                    })
+                }
+            }
+        };
+        crate::awake::timeout(timeout, exchange)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+}
+
 /// At most [`MAX_ANSWER_BYTES`] of an answer's body; the rest is not read (the connection is then
 /// not reused). The body matters only to OTLP (partial success): a broken one is no failure.
 async fn read_bounded<B>(body: B) -> Bytes

@@ -801,3 +801,120 @@ fn the_body_limit_is_exactly_twice_max_bytes_plus_64_kib() {
         );
     }
 }
+
+/// A Pushgateway stand-in on a thread of its own: PUTs (the pushes) answered at once; a GET of
+/// `/metrics` (the stale-group cleanup's listing) answered with `listing` bytes of exposition
+/// lines, streamed, or (`None`) never answered.
+fn pushgateway_stand_in(listing: Option<usize>) -> (u16, std::thread::JoinHandle<()>) {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    server.set_nonblocking(true).expect("nonblocking");
+    let until = Instant::now() + Duration::from_secs(30);
+    let thread = std::thread::spawn(move || {
+        let mut workers = Vec::new();
+        while Instant::now() < until {
+            let Ok((mut stream, _)) = server.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            workers.push(std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                if !head.starts_with("GET") {
+                    // A push: read its body and answer at once.
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    let _ = stream.read_exact(&mut body);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                match listing {
+                    None => std::thread::sleep(Duration::from_secs(10)),
+                    Some(bytes) => {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+                        let line =
+                            "some_series{instance=\"x\",job=\"another-job\"} 1\n".repeat(1000);
+                        let mut sent = 0;
+                        while sent < bytes {
+                            if stream.write_all(line.as_bytes()).is_err() {
+                                return;
+                            }
+                            sent += line.len();
+                        }
+                    }
+                }
+            }));
+        }
+        for worker in workers {
+            let _ = worker.join();
+        }
+    });
+    (port, thread)
+}
+
+/// A Pushgateway whose listing never comes, or is far longer than the bridge reads, delays no
+/// invocation and costs no memory: the cleanup runs beside the lifecycle, reads at most 32 MiB
+/// as it streams (one WARN line) and gives up after its budget.
+#[test]
+fn a_slow_or_huge_pushgateway_listing_delays_nothing() {
+    for listing in [None, Some(64 * 1024 * 1024)] {
+        let (port, _server) = pushgateway_stand_in(listing);
+        let report = block_on(async {
+            let sink = RecordingEndpoint::start(Behaviour::ok())
+                .await
+                .expect("sink");
+            let mut cfg = config(
+                12,
+                &[
+                    ("DISPATCH_POST_URI", sink.url()),
+                    ("BRIDGE_PUSHGATEWAY_URL", format!("http://127.0.0.1:{port}")),
+                    ("BRIDGE_PUSHGATEWAY_STALE_AFTER_MS", "1000".into()),
+                ],
+            );
+            // Past the cleanup's start (a second) and its listing.
+            cfg.between_invokes_ms = 250;
+            run(cfg).await
+        });
+        assert_clean(&report);
+        let out = &report.extension_output;
+        for invocation in &report.invocations[1..] {
+            assert!(
+                invocation.extension_overhead < Duration::from_millis(100),
+                "{listing:?}: invocation {} held {:?}\n{out}",
+                invocation.index,
+                invocation.extension_overhead
+            );
+        }
+        let took = report.shutdown_duration.expect("exited");
+        assert!(took < Duration::from_millis(2000 - 250 + 120), "{took:?}");
+        if listing.is_some() {
+            assert!(
+                out.contains("its listing is longer than the bridge reads"),
+                "{out}"
+            );
+            let peak = report.peak_rss_kb_before_shutdown.expect("peak RSS");
+            // The listing is not held: a bridge that buffered its 32 MiB would be far beyond this
+            // (16.5 MiB measured, a debug build).
+            assert!(peak < 24 * 1024, "{peak} kB after a 64 MiB listing");
+        }
+    }
+}

@@ -124,3 +124,74 @@ fn the_bridge_pushes_to_a_real_pushgateway() {
     assert!(line.contains("job=\"lambda-telemetry-bridge\""), "{line}");
     assert!(line.ends_with(" 5"), "{line}");
 }
+
+/// The groups of ended environments do not pile up: with `BRIDGE_PUSHGATEWAY_STALE_AFTER_MS=3000`,
+/// a bridge deletes its job's group last pushed 5 s before it started, and keeps a group pushed
+/// just before it, another job's old group, and its own.
+#[test]
+#[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
+fn a_bridge_deletes_its_jobs_stale_pushgateway_groups_and_nothing_else() {
+    let port = dead_port();
+    let _gateway = start_server(
+        "prometheus-pushgateway",
+        &[format!("--web.listen-address=127.0.0.1:{port}")],
+    );
+    wait_until_up(port, "/-/ready");
+    let push = |path: &str| {
+        let (status, _) = http_blocking(port, "PUT", path, b"bridge_invocations_total 3\n");
+        assert!((200..300).contains(&status), "push to {path}: {status}");
+    };
+    push("/metrics/job/lambda-telemetry-bridge/instance/ended-environment");
+    push("/metrics/job/another-job/instance/ended-environment");
+    std::thread::sleep(Duration::from_secs(5));
+    push("/metrics/job/lambda-telemetry-bridge/instance/live-environment");
+    let output = block_on(async {
+        let sink = RecordingEndpoint::start(Behaviour::ok())
+            .await
+            .expect("sink");
+        let mut cfg = config(
+            6,
+            &[
+                ("DISPATCH_POST_URI", sink.url()),
+                ("BRIDGE_PUSHGATEWAY_URL", format!("http://127.0.0.1:{port}")),
+                ("BRIDGE_PUSHGATEWAY_STALE_AFTER_MS", "3000".into()),
+            ],
+        );
+        // The cleanup runs a second after start: the bridge lives past it.
+        cfg.between_invokes_ms = 300;
+        let report = run(cfg).await;
+        assert_clean(&report);
+        report.extension_output
+    });
+    let exposed = get(port, "/metrics").expect("pushgateway metrics");
+    let groups: Vec<&str> = exposed
+        .lines()
+        .filter(|l| l.starts_with("push_time_seconds{"))
+        .collect();
+    let has = |instance: &str, job: &str| {
+        groups.iter().any(|l| {
+            l.contains(&format!("instance=\"{instance}\"")) && l.contains(&format!("job=\"{job}\""))
+        })
+    };
+    assert!(
+        !has("ended-environment", "lambda-telemetry-bridge"),
+        "the stale group is still there: {groups:?}\n{output}"
+    );
+    assert!(
+        has("live-environment", "lambda-telemetry-bridge"),
+        "{groups:?}"
+    );
+    assert!(has("ended-environment", "another-job"), "{groups:?}");
+    assert_eq!(
+        groups
+            .iter()
+            .filter(|l| l.contains("job=\"lambda-telemetry-bridge\""))
+            .count(),
+        2,
+        "the live group and the bridge's own: {groups:?}"
+    );
+    assert!(
+        output.contains("groups of ended environments deleted") && output.contains("deleted=1"),
+        "{output}"
+    );
+}

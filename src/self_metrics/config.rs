@@ -1,5 +1,5 @@
 //! Where the bridge's own metrics go: `BRIDGE_METRICS_ADDR`, `BRIDGE_PUSHGATEWAY_URL`,
-//! `BRIDGE_PUSH_INTERVAL_MS`.
+//! `BRIDGE_PUSH_INTERVAL_MS`, `BRIDGE_PUSHGATEWAY_STALE_AFTER_MS`.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,6 +14,9 @@ pub struct SelfMetricsConfig {
     /// Push the self-metrics here.
     pub pushgateway: Option<Pushgateway>,
     pub push_interval: Duration,
+    /// Delete this job's Pushgateway groups last pushed longer ago than this
+    /// (`BRIDGE_PUSHGATEWAY_STALE_AFTER_MS`; `None`: never).
+    pub stale_after: Option<Duration>,
 }
 
 /// Where the self-metrics are pushed; credentials from the URL become `authorization`.
@@ -57,6 +60,14 @@ impl SelfMetricsConfig {
                 86_400_000,
                 60_000,
             ))),
+            stale_after: Some(u64::from(env.ranged(
+                "BRIDGE_PUSHGATEWAY_STALE_AFTER_MS",
+                0,
+                604_800_000,
+                900_000,
+            )))
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
         }
     }
 }

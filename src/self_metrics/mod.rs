@@ -5,6 +5,10 @@
 //! (`BRIDGE_PUSHGATEWAY_URL`) at shutdown and at most every `BRIDGE_PUSH_INTERVAL_MS`.
 
 pub mod config;
+pub mod stale_groups;
+
+/// The Pushgateway job every bridge pushes its group under.
+pub const JOB: &str = "lambda-telemetry-bridge";
 
 use std::sync::LazyLock;
 
@@ -510,7 +514,8 @@ fn base64url(bytes: &[u8]) -> String {
 /// Pushes the self-metrics to a Pushgateway, at most once per interval (and at shutdown).
 pub struct Pusher {
     endpoint: crate::http::Endpoint,
-    headers: reqwest::header::HeaderMap,
+    /// The content type and, with credentials in the URL, the authorization (secret).
+    pub headers: reqwest::header::HeaderMap,
     interval: std::time::Duration,
     last: Option<tokio::time::Instant>,
     client: std::sync::Arc<crate::http::LazyClient>,
@@ -532,7 +537,7 @@ impl Pusher {
             segments.pop_if_empty().extend([
                 "metrics",
                 "job",
-                "lambda-telemetry-bridge",
+                JOB,
                 "instance@base64",
                 encoded.as_str(),
             ]);
