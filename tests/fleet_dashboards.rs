@@ -482,7 +482,11 @@ fn every_dashboard_panel_shows_what_a_churning_fleet_did() {
         let gateway_port = dead_port();
         let _gateway = start_server(
             "prometheus-pushgateway",
-            &[format!("--web.listen-address=127.0.0.1:{gateway_port}")],
+            &[
+                format!("--web.listen-address=127.0.0.1:{gateway_port}"),
+                // In memory only: Debian's default persistence file is shared by every instance.
+                "--persistence.file=".to_string(),
+            ],
         );
         let prom_port = dead_port();
         let dir = std::env::temp_dir().join(format!("ltb-fleet-{}", std::process::id()));

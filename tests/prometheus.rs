@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 use common::*;
 use lambda_sim::{Behaviour, RecordingEndpoint};
 
+/// The servers these tests start take a port found free a moment before: one test at a time, so
+/// that two cannot pick the same one (and one talk to the other's server).
+static ONE_SERVER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SERVER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A GET on loopback: the body of a 200 answer.
 fn get(port: u16, path: &str) -> Option<String> {
     let (status, body) = http_blocking(port, "GET", path, b"");
@@ -31,6 +41,7 @@ fn wait_until_up(port: u16, path: &str) {
 #[test]
 #[ignore = "needs the prometheus binary (installed by .ci/run)"]
 fn a_real_prometheus_scrapes_the_bridges_self_metrics() {
+    let _one = one_at_a_time();
     let metrics_port = dead_port();
     let prom_port = dead_port();
     let dir = std::env::temp_dir().join(format!("ltb-prom-{}", std::process::id()));
@@ -95,10 +106,16 @@ fn a_real_prometheus_scrapes_the_bridges_self_metrics() {
 #[test]
 #[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
 fn the_bridge_pushes_to_a_real_pushgateway() {
+    let _one = one_at_a_time();
     let port = dead_port();
     let _gateway = start_server(
         "prometheus-pushgateway",
-        &[format!("--web.listen-address=127.0.0.1:{port}")],
+        &[
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            // In memory only: Debian's default persistence file is shared by every instance,
+            // so groups of other runs would come back.
+            "--persistence.file=".to_string(),
+        ],
     );
     wait_until_up(port, "/-/ready");
     let output = block_on(async {
@@ -131,14 +148,22 @@ fn the_bridge_pushes_to_a_real_pushgateway() {
 #[test]
 #[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
 fn a_bridge_deletes_its_jobs_stale_pushgateway_groups_and_nothing_else() {
+    let _one = one_at_a_time();
     let port = dead_port();
     let _gateway = start_server(
         "prometheus-pushgateway",
-        &[format!("--web.listen-address=127.0.0.1:{port}")],
+        &[
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            // In memory only: Debian's default persistence file is shared by every instance,
+            // so groups of other runs would come back.
+            "--persistence.file=".to_string(),
+        ],
     );
     wait_until_up(port, "/-/ready");
     let push = |path: &str| {
-        let (status, _) = http_blocking(port, "PUT", path, b"bridge_invocations_total 3\n");
+        // Not a bridge_* name: a Pushgateway refuses a push whose series has another type or
+        // help than the same name in another group, which would refuse the bridge's own pushes.
+        let (status, _) = http_blocking(port, "PUT", path, b"stand_in_series 3\n");
         assert!((200..300).contains(&status), "push to {path}: {status}");
     };
     push("/metrics/job/lambda-telemetry-bridge/instance/ended-environment");
