@@ -177,6 +177,11 @@ impl Transport {
                 on_line(&String::from_utf8_lossy(&pending[..end]));
                 pending.drain(..=end);
             }
+            // A line longer than any a listing has is not kept whole (the memory stays bounded
+            // by this, not by `max_bytes`): what is left of it reads as lines of no interest.
+            if pending.len() > MAX_ANSWER_BYTES {
+                pending.clear();
+            }
             read <= max_bytes
         };
         let exchange = async {
