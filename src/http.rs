@@ -90,16 +90,7 @@ impl Transport {
     ) -> Result<Answer, String> {
         match self {
             Transport::Plain(client) => {
-                let builder = hyper::Request::builder().method(method);
-                let builder = match &endpoint.uri {
-                    Some(uri) => builder.uri(uri.clone()),
-                    // Not a valid URI: the builder reports it below.
-                    None => builder.uri(endpoint.url.as_str()),
-                };
-                let mut request = builder
-                    .body(Full::new(body))
-                    .map_err(|e| format!("request failed: {e}"))?;
-                *request.headers_mut() = headers.clone();
+                let request = plain_request(method, endpoint, headers, body)?;
                 let exchange = async {
                     let response = client.request(request).await.map_err(|e| {
                         if e.is_connect() {
@@ -147,6 +138,26 @@ impl Transport {
     }
 }
 
+/// A request for the plain-http client; the target parsed once per endpoint (an invalid one is
+/// reported by the builder).
+fn plain_request(
+    method: reqwest::Method,
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let builder = hyper::Request::builder().method(method);
+    let builder = match &endpoint.uri {
+        Some(uri) => builder.uri(uri.clone()),
+        None => builder.uri(endpoint.url.as_str()),
+    };
+    let mut request = builder
+        .body(Full::new(body))
+        .map_err(|e| format!("request failed: {e}"))?;
+    *request.headers_mut() = headers.clone();
+    Ok(request)
+}
+
 /// What [`Transport::get_lines`] read.
 #[derive(Debug)]
 pub struct Listing {
@@ -187,36 +198,23 @@ impl Transport {
         let exchange = async {
             match self {
                 Transport::Plain(client) => {
-                    let builder = hyper::Request::builder().method(reqwest::Method::GET);
-                    let builder = match &endpoint.uri {
-                        Some(uri) => builder.uri(uri.clone()),
-                        None => builder.uri(endpoint.url.as_str()),
-                    };
-                    let mut request = builder
-                        .body(Full::new(Bytes::new()))
-                        .map_err(|e| format!("request failed: {e}"))?;
-                    *request.headers_mut() = headers.clone();
+                    let request =
+                        plain_request(reqwest::Method::GET, endpoint, headers, Bytes::new())?;
                     let response = client
                         .request(request)
                         .await
                         .map_err(|e| format!("request failed: {}", innermost(&e)))?;
                     let status = response.status();
                     let mut body = std::pin::pin!(response.into_body());
+                    let mut truncated = false;
                     while let Some(frame) = body.frame().await {
                         let frame = frame.map_err(|e| format!("reading failed: {e}"))?;
-                        if let Ok(data) = frame.into_data() {
-                            if !feed(&data) {
-                                return Ok(Listing {
-                                    status,
-                                    truncated: true,
-                                });
-                            }
+                        if frame.into_data().is_ok_and(|data| !feed(&data)) {
+                            truncated = true;
+                            break;
                         }
                     }
-                    Ok(Listing {
-                        status,
-                        truncated: false,
-                    })
+                    Ok(Listing { status, truncated })
                 }
                 Transport::Tls(client) => {
                     let mut response = client
@@ -226,18 +224,14 @@ impl Transport {
                         .await
                         .map_err(|e| describe(&e))?;
                     let status = response.status();
+                    let mut truncated = false;
                     while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
                         if !feed(&chunk) {
-                            return Ok(Listing {
-                                status,
-                                truncated: true,
-                            });
+                            truncated = true;
+                            break;
                         }
                     }
-                    Ok(Listing {
-                        status,
-                        truncated: false,
-                    })
+                    Ok(Listing { status, truncated })
                 }
             }
         };

@@ -497,15 +497,7 @@ mod tests {
     use super::*;
 
     fn masking(vars: &[(&str, &str)]) -> (Masking, Vec<String>) {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let lookup = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let mut env = Env::new(&lookup);
-        let m = Masking::read(&mut env);
-        let issues = env.into_issues().into_iter().map(|i| i.variable).collect();
-        (m, issues)
+        crate::config::env::read_from(vars, Masking::read)
     }
 
     fn all() -> Masking {

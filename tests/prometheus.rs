@@ -21,6 +21,21 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A real Pushgateway on a free port, up, in memory only (Debian's default persistence file is
+/// shared by every instance, so groups of other runs would come back).
+fn start_pushgateway() -> (u16, Server) {
+    let port = dead_port();
+    let gateway = start_server(
+        "prometheus-pushgateway",
+        &[
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--persistence.file=".to_string(),
+        ],
+    );
+    wait_until_up(port, "/-/ready");
+    (port, gateway)
+}
+
 /// A GET on loopback: the body of a 200 answer.
 fn get(port: u16, path: &str) -> Option<String> {
     let (status, body) = http_blocking(port, "GET", path, b"");
@@ -107,17 +122,7 @@ fn a_real_prometheus_scrapes_the_bridges_self_metrics() {
 #[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
 fn the_bridge_pushes_to_a_real_pushgateway() {
     let _one = one_at_a_time();
-    let port = dead_port();
-    let _gateway = start_server(
-        "prometheus-pushgateway",
-        &[
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            // In memory only: Debian's default persistence file is shared by every instance,
-            // so groups of other runs would come back.
-            "--persistence.file=".to_string(),
-        ],
-    );
-    wait_until_up(port, "/-/ready");
+    let (port, _gateway) = start_pushgateway();
     let output = block_on(async {
         let sink = RecordingEndpoint::start(Behaviour::ok())
             .await
@@ -149,17 +154,7 @@ fn the_bridge_pushes_to_a_real_pushgateway() {
 #[ignore = "needs the prometheus-pushgateway binary (installed by .ci/run)"]
 fn a_bridge_deletes_its_jobs_stale_pushgateway_groups_and_nothing_else() {
     let _one = one_at_a_time();
-    let port = dead_port();
-    let _gateway = start_server(
-        "prometheus-pushgateway",
-        &[
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            // In memory only: Debian's default persistence file is shared by every instance,
-            // so groups of other runs would come back.
-            "--persistence.file=".to_string(),
-        ],
-    );
-    wait_until_up(port, "/-/ready");
+    let (port, _gateway) = start_pushgateway();
     let push = |path: &str| {
         // Not a bridge_* name: a Pushgateway refuses a push whose series has another type or
         // help than the same name in another group, which would refuse the bridge's own pushes.

@@ -134,3 +134,18 @@ pub fn parse_bool(raw: &str) -> Option<bool> {
         _ => None,
     }
 }
+
+/// Reads settings with `read` from these variables only; what it read, and the variables it
+/// found an issue with (the unit tests' way to give a reader its environment).
+#[cfg(test)]
+pub fn read_from<T>(vars: &[(&str, &str)], read: impl FnOnce(&mut Env) -> T) -> (T, Vec<String>) {
+    let lookup = |k: &str| {
+        vars.iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, value)| value.to_string())
+    };
+    let mut env = Env::new(&lookup);
+    let value = read(&mut env);
+    let issues = env.into_issues().into_iter().map(|i| i.variable).collect();
+    (value, issues)
+}

@@ -161,17 +161,7 @@ mod tests {
     use super::*;
 
     fn filter(vars: &[(&str, &str)]) -> (LogFilter, Vec<String>) {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let lookup = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let mut env = Env::new(&lookup);
-        let f = LogFilter::read(&mut env);
-        (
-            f,
-            env.into_issues().into_iter().map(|i| i.variable).collect(),
-        )
+        crate::config::env::read_from(vars, LogFilter::read)
     }
 
     #[test]

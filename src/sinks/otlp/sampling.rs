@@ -245,15 +245,7 @@ mod tests {
     }
 
     fn read(vars: &[(&str, &str)]) -> (Sampling, Vec<String>) {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let lookup = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let mut env = Env::new(&lookup);
-        let s = Sampling::read(&mut env);
-        let issues = env.into_issues().into_iter().map(|i| i.variable).collect();
-        (s, issues)
+        crate::config::env::read_from(vars, Sampling::read)
     }
 
     #[test]
